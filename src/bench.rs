@@ -1,0 +1,128 @@
+//! `edgeinfer bench models`: the paper's Figure 1 as a table. For every ladder model, the
+//! declared accuracy and the inference time on this machine and backend, measured twice: in a
+//! bare `session.run` loop, and through the server's own worker thread and queue.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Result;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::config::Config;
+use crate::dispatch::{policy::Paper, Dispatcher};
+use crate::engine::session::ModelSession;
+use crate::engine::worker::{Job, Workers};
+use crate::engine::{backend, warm_up};
+use crate::models::Ladder;
+
+#[derive(Debug, Serialize)]
+pub struct ModelBench {
+    pub name: String,
+    pub accuracy: f32,
+    pub input: u32,
+    pub bare_p50_ms: f64,
+    pub bare_p99_ms: f64,
+    pub server_p50_ms: f64,
+    pub server_p99_ms: f64,
+    /// (server p50 − bare p50) / bare p50, percent.
+    pub overhead_pct: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub backend: String,
+    pub intra_threads: usize,
+    pub iterations: usize,
+    pub synthetic_weights: bool,
+    pub models: Vec<ModelBench>,
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+pub fn run_models(cfg: &Config, iterations: usize) -> Result<BenchReport> {
+    let iterations = iterations.max(1);
+    let info = backend::init(&cfg.engine)?;
+    let mut ladder = Ladder::load(&cfg.models.manifest)?;
+    ladder.ensure_files(&crate::config::data_dir().join("models"))?;
+    let mut models = Vec::new();
+    for spec in &ladder.models {
+        let input = vec![0.25f32; ModelSession::load(spec, cfg.engine.intra_threads)?.input_len()];
+        let bare = {
+            let mut s = ModelSession::load(spec, cfg.engine.intra_threads)?;
+            warm_up(&mut s, 5)?;
+            let mut times = Vec::with_capacity(iterations);
+            for _ in 0..iterations {
+                let t = Instant::now();
+                s.run(&input)?;
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            times
+        };
+        let server = {
+            // The server's own worker: same thread setup, queue, timing and bookkeeping.
+            let mut s = ModelSession::load(spec, cfg.engine.intra_threads)?;
+            warm_up(&mut s, 5)?;
+            let d = Arc::new(Dispatcher::new(Box::new(Paper), 1, cfg.dispatch.ewma_weight, 1e9));
+            let workers = Workers::spawn(vec![s], std::slice::from_ref(&spec.name), d.clone(), cfg.server.top_k)?;
+            let mut times = Vec::with_capacity(iterations);
+            for _ in 0..iterations {
+                d.assign();
+                let (tx, rx) = oneshot::channel();
+                if workers.enqueue(0, Job { tensor: input.clone(), enqueued: Instant::now(), reply: tx }).is_err() {
+                    anyhow::bail!("bench worker stopped");
+                }
+                let out = rx.blocking_recv()?;
+                out.result.map_err(anyhow::Error::msg)?;
+                times.push(out.inference_us as f64 / 1e3);
+            }
+            workers.shutdown();
+            times
+        };
+        let (mut bare, mut server) = (bare, server);
+        bare.sort_by(f64::total_cmp);
+        server.sort_by(f64::total_cmp);
+        let (b50, s50) = (percentile(&bare, 0.5), percentile(&server, 0.5));
+        let row = ModelBench {
+            name: spec.name.clone(),
+            accuracy: spec.accuracy,
+            input: spec.input.size,
+            bare_p50_ms: b50,
+            bare_p99_ms: percentile(&bare, 0.99),
+            server_p50_ms: s50,
+            server_p99_ms: percentile(&server, 0.99),
+            overhead_pct: (s50 - b50) / b50 * 100.0,
+        };
+        eprintln!("  {:<24} bare p50 {:>8.3} ms   server p50 {:>8.3} ms", row.name, row.bare_p50_ms, row.server_p50_ms);
+        models.push(row);
+    }
+    Ok(BenchReport {
+        backend: info.describe(),
+        intra_threads: cfg.engine.intra_threads,
+        iterations,
+        synthetic_weights: ladder.any_synthetic(),
+        models,
+    })
+}
+
+/// Markdown table, as pasted into the README.
+pub fn table(r: &BenchReport) -> String {
+    let mut s = format!(
+        "backend: {} · intra-op threads: {} · {} runs per model{}\n\n",
+        r.backend,
+        r.intra_threads,
+        r.iterations,
+        if r.synthetic_weights { " · synthetic weights (declared accuracies)" } else { "" }
+    );
+    s.push_str("| model | top-1 % | input | bare p50 ms | bare p99 ms | server p50 ms | server p99 ms | server vs bare |\n");
+    s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    for m in &r.models {
+        s.push_str(&format!(
+            "| {} | {:.1} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:+.1}% |\n",
+            m.name, m.accuracy, m.input, m.bare_p50_ms, m.bare_p99_ms, m.server_p50_ms, m.server_p99_ms, m.overhead_pct
+        ));
+    }
+    s
+}

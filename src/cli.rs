@@ -1,0 +1,163 @@
+//! Command-line interface: flags, subcommands, and how flags override the configuration.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{BackendChoice, Config};
+
+#[derive(Debug, Parser)]
+#[command(name = "edgeinfer", version, about = "Adaptive inference server for the network edge", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Configuration file (default: ./config.toml when present).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Inference backend: auto, onnxruntime or tract.
+    #[arg(long, global = true, value_parser = parse_backend)]
+    pub backend: Option<BackendChoice>,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct RunArgs {
+    /// Run without the console: status lines on stdout.
+    #[arg(long)]
+    pub headless: bool,
+    /// Address to listen on (default 127.0.0.1:7878).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// The latency bound T, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub latency_bound_ms: Option<f64>,
+    /// Dispatch policy.
+    #[arg(long, value_name = "NAME")]
+    pub policy: Option<String>,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// Write a JSON summary here at exit.
+    #[arg(long, value_name = "FILE")]
+    pub summary: Option<PathBuf>,
+    /// Write the per-interval time series (CSV) here at exit.
+    #[arg(long, value_name = "FILE")]
+    pub timeseries: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Send images to a server and print the model used, its accuracy, top-5 and timings.
+    Infer {
+        #[arg(long, default_value = "127.0.0.1:7878", value_name = "ADDR")]
+        connect: String,
+        /// One JSON object per image instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Shared access token, when the server requires one.
+        #[arg(long, default_value = "")]
+        token: String,
+        #[arg(required = true, value_name = "IMAGE")]
+        images: Vec<PathBuf>,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+    /// Print where edgeinfer looks for its user config and keeps its data.
+    Paths,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Inference time of every ladder model: bare session loop vs the server's worker.
+    Models {
+        /// Timed runs per model and path.
+        #[arg(long, default_value_t = 100)]
+        iters: usize,
+        /// Also write the results as JSON.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
+}
+
+fn parse_backend(s: &str) -> Result<BackendChoice, String> {
+    match s {
+        "auto" => Ok(BackendChoice::Auto),
+        "onnxruntime" | "ort" => Ok(BackendChoice::Onnxruntime),
+        "tract" => Ok(BackendChoice::Tract),
+        _ => Err(format!("unknown backend {s:?} (auto, onnxruntime, tract)")),
+    }
+}
+
+impl Cli {
+    /// The layered configuration with this command line's flags applied last.
+    pub fn config(&self) -> Result<Config> {
+        let mut c = Config::load(self.config.as_deref())?;
+        if let Some(b) = self.backend {
+            c.engine.backend = b;
+        }
+        let r = &self.run;
+        if let Some(a) = r.listen {
+            c.server.listen = a;
+        }
+        if let Some(t) = r.latency_bound_ms {
+            c.dispatch.latency_bound_ms = t;
+        }
+        if let Some(p) = &r.policy {
+            c.dispatch.policy = p.clone();
+        }
+        c.validate().map_err(|e| anyhow!("{e} (from the command line or config)"))?;
+        Ok(c)
+    }
+
+    pub fn duration(&self) -> Result<Option<Duration>> {
+        self.run
+            .duration
+            .map(|s| Duration::try_from_secs_f64(s).map_err(|_| anyhow!("--duration must be a non-negative number of seconds")))
+            .transpose()
+    }
+}
+
+/// Entry point behind `main`: logging, runtime, and the chosen mode.
+pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
+    use std::process::ExitCode;
+    crate::logging::init_stderr();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match &cli.command {
+        Some(Command::Infer { connect, json, token, images }) => {
+            let opts = crate::infer::InferOptions { connect: connect.clone(), images: images.clone(), json: *json, token: token.clone() };
+            let all_ok = runtime.block_on(crate::infer::run(opts))?;
+            Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::from(2) })
+        }
+        Some(Command::Bench { what: BenchCommand::Models { iters, json } }) => {
+            let cfg = cli.config()?;
+            let report = crate::bench::run_models(&cfg, *iters)?;
+            print!("{}", crate::bench::table(&report));
+            if let Some(p) = json {
+                crate::telemetry::summary::write_json(p, &report)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Paths) => {
+            let show = |p: Option<PathBuf>| p.map(|p| p.display().to_string()).unwrap_or_else(|| "(none)".into());
+            println!("user config: {}", show(crate::config::user_config_path()));
+            println!("data:        {}", crate::config::data_dir().display());
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            let cfg = cli.config()?;
+            let opts = crate::headless::HeadlessOptions {
+                duration: cli.duration()?,
+                summary: cli.run.summary.clone(),
+                timeseries: cli.run.timeseries.clone(),
+            };
+            runtime.block_on(crate::headless::run(cfg, opts))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

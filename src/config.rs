@@ -1,0 +1,329 @@
+//! Configuration: typed keys, layered files, and errors that point at the offending line.
+//!
+//! Layers, later wins: built-in defaults, the project file (`--config FILE`, else `./config.toml`
+//! when present), the user file under the platform config folder (from `directories`), then flags.
+//! Each file is checked on its own first so an error names that file, key and line.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub dispatch: DispatchConfig,
+    pub engine: EngineConfig,
+    pub models: ModelsConfig,
+    pub headless: HeadlessConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_frame_bytes: usize,
+    pub max_image_pixels: u64,
+    pub top_k: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7878".parse().expect("literal address"),
+            max_frame_bytes: 8 * 1024 * 1024,
+            max_image_pixels: 4096 * 4096,
+            top_k: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DispatchConfig {
+    pub policy: String,
+    pub latency_bound_ms: f64,
+    pub ewma_weight: f64,
+    pub warmup_runs: usize,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self { policy: "paper".into(), latency_bound_ms: 50.0, ewma_weight: 0.1, warmup_runs: 5 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    Auto,
+    Onnxruntime,
+    Tract,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    pub backend: BackendChoice,
+    pub ort_dylib: String,
+    pub fetch_onnxruntime: bool,
+    pub onnxruntime_version: String,
+    pub intra_threads: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            backend: BackendChoice::Auto,
+            ort_dylib: String::new(),
+            fetch_onnxruntime: true,
+            onnxruntime_version: "1.32.0".into(),
+            intra_threads: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelsConfig {
+    pub manifest: PathBuf,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        Self { manifest: PathBuf::from("models/ladder.toml") }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeadlessConfig {
+    pub status_interval_ms: u64,
+}
+
+impl Default for HeadlessConfig {
+    fn default() -> Self {
+        Self { status_interval_ms: 1000 }
+    }
+}
+
+/// Where edgeinfer keeps per-user state. `None` when the platform gives no home folder.
+pub fn project_dirs() -> Option<directories::ProjectDirs> {
+    directories::ProjectDirs::from("", "", "edgeinfer")
+}
+
+pub fn user_config_path() -> Option<PathBuf> {
+    project_dirs().map(|d| d.config_dir().join("config.toml"))
+}
+
+/// Data folder for fetched runtimes and generated models that cannot live beside the manifest.
+pub fn data_dir() -> PathBuf {
+    project_dirs()
+        .map(|d| d.data_dir().to_path_buf())
+        .unwrap_or_else(|| std::env::temp_dir().join("edgeinfer"))
+}
+
+impl Config {
+    /// Loads the layered configuration. `explicit` is `--config FILE`; with it, a missing file is an error.
+    pub fn load(explicit: Option<&Path>) -> Result<Config> {
+        let mut merged = toml::Table::new();
+        let project = match explicit {
+            Some(p) => Some(p.to_path_buf()),
+            None => Some(PathBuf::from("config.toml")).filter(|p| p.exists()),
+        };
+        let mut files = Vec::new();
+        if let Some(p) = project {
+            files.push(p);
+        }
+        if let Some(user) = user_config_path().filter(|p| p.exists()) {
+            files.push(user);
+        }
+        for file in &files {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read config file {}", file.display()))?;
+            let table = parse_layer(file, &text)?;
+            deep_merge(&mut merged, table);
+        }
+        let config: Config = toml::Value::Table(merged)
+            .try_into()
+            .context("merged configuration is invalid")?;
+        config.validate().map_err(|e| {
+            // Point at the last file that set the key, since that is the one to edit.
+            let key = e.key;
+            let place = files
+                .iter()
+                .rev()
+                .find_map(|f| locate_key(f, key).map(|line| format!(" ({}:{line})", f.display())))
+                .unwrap_or_default();
+            anyhow::anyhow!("config key `{key}`{place}: {}", e.message)
+        })?;
+        Ok(config)
+    }
+
+    /// Semantic checks that serde cannot express. Also used after flags are applied.
+    pub fn validate(&self) -> std::result::Result<(), KeyError> {
+        let d = &self.dispatch;
+        if !(d.latency_bound_ms.is_finite() && d.latency_bound_ms > 0.0) {
+            return Err(KeyError::new("dispatch.latency_bound_ms", "must be a positive number of milliseconds"));
+        }
+        if !(d.ewma_weight > 0.0 && d.ewma_weight <= 1.0) {
+            return Err(KeyError::new("dispatch.ewma_weight", "must be in (0, 1]"));
+        }
+        if crate::dispatch::policy::by_name(&d.policy).is_none() {
+            return Err(KeyError::new(
+                "dispatch.policy",
+                format!("unknown policy {:?}; known: {}", d.policy, crate::dispatch::policy::NAMES.join(", ")),
+            ));
+        }
+        if self.engine.intra_threads == 0 {
+            return Err(KeyError::new("engine.intra_threads", "must be at least 1"));
+        }
+        if self.server.max_frame_bytes < 64 {
+            return Err(KeyError::new("server.max_frame_bytes", "must be at least 64 bytes"));
+        }
+        if self.server.max_image_pixels == 0 {
+            return Err(KeyError::new("server.max_image_pixels", "must be positive"));
+        }
+        if self.server.top_k == 0 || self.server.top_k > 255 {
+            return Err(KeyError::new("server.top_k", "must be between 1 and 255"));
+        }
+        if self.headless.status_interval_ms < 50 {
+            return Err(KeyError::new("headless.status_interval_ms", "must be at least 50"));
+        }
+        Ok(())
+    }
+}
+
+/// A semantic error on one key, e.g. `dispatch.ewma_weight`.
+#[derive(Debug)]
+pub struct KeyError {
+    pub key: &'static str,
+    pub message: String,
+}
+
+impl KeyError {
+    pub fn new(key: &'static str, message: impl Into<String>) -> Self {
+        Self { key, message: message.into() }
+    }
+}
+
+impl std::fmt::Display for KeyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}`: {}", self.key, self.message)
+    }
+}
+
+impl std::error::Error for KeyError {}
+
+/// Parses one file and type-checks it alone, so unknown keys and wrong types are reported with
+/// that file's name, line and column (toml's own error carries the span).
+fn parse_layer(file: &Path, text: &str) -> Result<toml::Table> {
+    let name = file.display();
+    if let Err(e) = toml::from_str::<Config>(text) {
+        bail!("config file {name}: {e}");
+    }
+    toml::from_str::<toml::Table>(text).with_context(|| format!("config file {name}"))
+}
+
+fn deep_merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => deep_merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Finds the 1-based line where `section.key` is set in a TOML file, for error messages.
+fn locate_key(file: &Path, dotted: &str) -> Option<usize> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let (section, key) = dotted.rsplit_once('.')?;
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if let Some(s) = t.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+            current = s.trim().to_string();
+        } else if current == section {
+            if let Some((k, _)) = t.split_once('=') {
+                if k.trim() == key {
+                    return Some(i + 1);
+                }
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let p = dir.join("c.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn shipped_config_parses_and_matches_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let shipped: Config = toml::from_str(&text).unwrap();
+        let defaults = Config::default();
+        // The commented file documents the defaults; drifting apart would mislead users.
+        assert_eq!(toml::to_string(&shipped).unwrap(), toml::to_string(&defaults).unwrap());
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "[dispatch]\npolicy = \"paper\"\nlatency_bound = 3\n");
+        let err = format!("{:#}", Config::load(Some(&p)).unwrap_err());
+        assert!(err.contains("latency_bound"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "[server]\n\ntop_k = \"five\"\n");
+        let err = format!("{:#}", Config::load(Some(&p)).unwrap_err());
+        assert!(err.contains("line 3") && err.contains("top_k"), "{err}");
+    }
+
+    #[test]
+    fn semantic_error_names_key_and_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "[dispatch]\n# comment\newma_weight = 1.5\n");
+        let err = format!("{:#}", Config::load(Some(&p)).unwrap_err());
+        assert!(err.contains("dispatch.ewma_weight"), "{err}");
+        assert!(err.contains("c.toml:3"), "{err}");
+    }
+
+    #[test]
+    fn unknown_policy_is_refused() {
+        let mut c = Config::default();
+        c.dispatch.policy = "nope".into();
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.key, "dispatch.policy");
+        assert!(e.message.contains("paper"));
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error() {
+        let err = Config::load(Some(Path::new("/nonexistent/edgeinfer.toml"))).unwrap_err();
+        assert!(format!("{err:#}").contains("/nonexistent/edgeinfer.toml"));
+    }
+
+    #[test]
+    fn merge_overrides_leaves_only() {
+        let mut base: toml::Table = toml::from_str("[a]\nx = 1\ny = 2\n").unwrap();
+        deep_merge(&mut base, toml::from_str("[a]\ny = 3\n").unwrap());
+        assert_eq!(base["a"]["x"].as_integer(), Some(1));
+        assert_eq!(base["a"]["y"].as_integer(), Some(3));
+    }
+}

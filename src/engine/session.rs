@@ -1,0 +1,110 @@
+//! One loaded model: an `ort` session plus what it takes to feed it and read its scores.
+
+use std::borrow::Cow;
+
+use anyhow::{anyhow, bail, Context, Result};
+use ort::session::Session;
+use ort::value::TensorRef;
+
+use crate::models::{Layout, ModelSpec, OutputKind};
+
+pub struct ModelSession {
+    session: Session,
+    input_name: String,
+    shape: [i64; 4],
+    output: OutputKind,
+}
+
+impl ModelSession {
+    /// Loads the model file; a missing or corrupt file is an error that names it.
+    pub fn load(spec: &ModelSpec, intra_threads: usize) -> Result<Self> {
+        let env = super::backend::environment().ok_or_else(|| anyhow!("inference backend not initialised"))?;
+        let file = spec.path.display();
+        let session = Session::builder(env)
+            .and_then(|b| b.with_intra_threads(intra_threads).map_err(Into::into))
+            .and_then(|mut b| b.commit_from_file(&spec.path))
+            .map_err(|e| anyhow!("cannot load model {:?} from {file}: {e}", spec.name))?;
+        let input_name = spec.input.name.clone();
+        if !session.inputs().iter().any(|i| i.name() == input_name) {
+            let names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
+            bail!("model file {file} has no input {input_name:?} (it has {names:?}); fix `input` in the manifest");
+        }
+        let s = spec.input.size as i64;
+        let shape = match spec.input.layout {
+            Layout::Nchw => [1, 3, s, s],
+            Layout::Nhwc => [1, s, s, 3],
+        };
+        Ok(Self { session, input_name, shape, output: spec.output })
+    }
+
+    /// Number of f32 values the input tensor holds.
+    pub fn input_len(&self) -> usize {
+        self.shape.iter().product::<i64>() as usize
+    }
+
+    /// Runs one image tensor and returns the class scores (probabilities).
+    pub fn run(&mut self, input: &[f32]) -> Result<Vec<f32>> {
+        if input.len() != self.input_len() {
+            bail!("input tensor has {} values, the model takes {}", input.len(), self.input_len());
+        }
+        let tensor = TensorRef::from_array_view((self.shape, input)).context("cannot wrap input tensor")?;
+        let inputs: Vec<(Cow<str>, ort::session::SessionInputValue)> = vec![(Cow::Borrowed(self.input_name.as_str()), tensor.into())];
+        let outputs = self.session.run(inputs).map_err(|e| anyhow!("inference failed: {e}"))?;
+        let (_, scores) = outputs[0].try_extract_tensor::<f32>().map_err(|e| anyhow!("model output is not f32: {e}"))?;
+        let mut scores = scores.to_vec();
+        if self.output == OutputKind::Logits {
+            softmax(&mut scores);
+        }
+        Ok(scores)
+    }
+}
+
+pub fn softmax(v: &mut [f32]) {
+    let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for x in v.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    if sum > 0.0 {
+        v.iter_mut().for_each(|x| *x /= sum);
+    }
+}
+
+/// Indices and scores of the `k` highest scores, best first. NaNs sort last.
+pub fn top_k(scores: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let mut idx: Vec<(usize, f32)> = scores.iter().copied().enumerate().collect();
+    let k = k.min(idx.len());
+    let by_score = |a: &(usize, f32), b: &(usize, f32)| {
+        b.1.partial_cmp(&a.1).unwrap_or_else(|| a.1.is_nan().cmp(&b.1.is_nan()))
+    };
+    if k > 0 && k < idx.len() {
+        // O(n) partition first: only the k best get sorted (n is 1000 classes, k is 5).
+        idx.select_nth_unstable_by(k - 1, by_score);
+    }
+    idx.truncate(k);
+    idx.sort_by(by_score);
+    idx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_orders_and_truncates() {
+        let s = [0.1, 0.5, 0.05, 0.3, 0.05];
+        assert_eq!(top_k(&s, 2), vec![(1, 0.5), (3, 0.3)]);
+        assert_eq!(top_k(&s, 10).len(), 5);
+        assert!(top_k(&s, 0).is_empty());
+        assert_eq!(top_k(&[f32::NAN, 1.0], 1), vec![(1, 1.0)]);
+    }
+
+    #[test]
+    fn softmax_sums_to_one() {
+        let mut v = [1.0, 2.0, 3.0, 1000.0];
+        softmax(&mut v);
+        assert!((v.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(v[3] > 0.99);
+    }
+}

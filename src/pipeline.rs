@@ -1,0 +1,105 @@
+//! The path of one request through the server, independent of sockets:
+//! validate → decode (pixel cap) → dispatch (choose queue) → resize/normalise → queue → infer →
+//! response. Decoding and resizing run on tokio's blocking pool; inference on the model's worker.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use crate::engine::preprocess::{self, ImageError};
+use crate::engine::worker::Job;
+use crate::engine::Engine;
+use crate::protocol::{Class, ModelRef, Request, Response, Status, Timings};
+use crate::telemetry::RequestRecord;
+
+/// Limits checked on every request.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_image_pixels: u64,
+}
+
+/// Serves one decoded request. Never panics on input: every failure becomes a status.
+pub async fn serve(engine: &Arc<Engine>, limits: &Limits, req: Request, arrival: Instant) -> (Response, RequestRecord) {
+    let id = req.request_id;
+    let fail = |status: Status, msg: String| {
+        let record = RequestRecord { status, model: None, timings: Timings::default(), estimate_us: None };
+        (Response::error(id, status, msg), record)
+    };
+    let staged = {
+        let engine = engine.clone();
+        let max = limits.max_image_pixels;
+        tokio::task::spawn_blocking(move || stage(&engine, &req.image, max)).await
+    };
+    let (queue, estimate_us, preprocess_us, reply) = match staged {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return fail(e.status(), e.to_string()),
+        Err(join) => return fail(Status::Internal, format!("preprocessing failed: {join}")),
+    };
+    let outcome = match reply.await {
+        Ok(o) => o,
+        Err(_) => return fail(Status::Internal, "model worker stopped before answering".into()),
+    };
+    let spec = &engine.ladder[queue];
+    let model = Some(ModelRef { index: queue as u16, name: spec.name.clone(), accuracy: spec.accuracy });
+    let mut timings = Timings {
+        queue_us: clamp_u32(outcome.queue_us),
+        preprocess_us: clamp_u32(preprocess_us),
+        inference_us: clamp_u32(outcome.inference_us),
+        total_us: 0,
+    };
+    timings.total_us = clamp_u32(arrival.elapsed().as_micros() as u64);
+    let (status, message, top) = match outcome.result {
+        Ok(top) => {
+            let top = top
+                .into_iter()
+                .map(|(i, score)| Class { index: i as u32, score, label: spec.label(i).map(str::to_string) })
+                .collect();
+            (Status::Ok, String::new(), top)
+        }
+        Err(e) => (Status::Internal, e, Vec::new()),
+    };
+    let record = RequestRecord { status, model: Some(queue), timings, estimate_us: Some(estimate_us) };
+    (Response { request_id: id, status, message, model, top, timings }, record)
+}
+
+fn clamp_u32(v: u64) -> u32 {
+    v.min(u32::MAX as u64) as u32
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StageError {
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("server is shutting down")]
+    ShuttingDown,
+}
+
+impl StageError {
+    fn status(&self) -> Status {
+        match self {
+            StageError::Image(ImageError::TooLarge { .. }) => Status::TooLarge,
+            StageError::Image(_) => Status::BadRequest,
+            StageError::ShuttingDown => Status::Overloaded,
+        }
+    }
+}
+
+type Staged = (usize, f64, u64, oneshot::Receiver<crate::engine::worker::JobOutcome>);
+
+/// Blocking part before the queue: decode, choose the queue, shape the tensor for that model.
+/// The queue is chosen after decoding so that a bad image never occupies a queue slot.
+fn stage(engine: &Engine, image: &[u8], max_pixels: u64) -> Result<Staged, StageError> {
+    let start = Instant::now();
+    let img = preprocess::decode(image, max_pixels)?;
+    let choice = engine.dispatcher.assign();
+    let tensor = preprocess::to_tensor(&img, &engine.ladder[choice.queue].input);
+    let preprocess_us = start.elapsed().as_micros() as u64;
+    let (tx, rx) = oneshot::channel();
+    let job = Job { tensor, enqueued: Instant::now(), reply: tx };
+    if engine.enqueue(choice.queue, job).is_err() {
+        engine.dispatcher.release(choice.queue);
+        return Err(StageError::ShuttingDown);
+    }
+    Ok((choice.queue, choice.estimate_us, preprocess_us, rx))
+}
