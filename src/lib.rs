@@ -5,6 +5,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod dispatch;
 pub mod engine;
 pub mod headless;

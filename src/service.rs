@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::control::Control;
 use crate::engine::Engine;
 use crate::server::Server;
 use crate::telemetry::Telemetry;
@@ -16,6 +17,8 @@ use crate::telemetry::Telemetry;
 pub struct Service {
     pub engine: Arc<Engine>,
     pub telemetry: Arc<Telemetry>,
+    /// Runtime changes (T, the fleet) go through here.
+    pub control: Arc<Control>,
     pub addr: SocketAddr,
     pub config: Config,
     shutdown: CancellationToken,
@@ -41,7 +44,8 @@ impl Service {
         let connections = TaskTracker::new();
         let accept_loop = tokio::spawn(server.run(shutdown.clone(), connections.clone()));
         telemetry.event(format!("listening on {addr}, T = {} ms, policy {}", engine.dispatcher.bound_ms(), engine.dispatcher.policy_name()));
-        Ok(Service { engine, telemetry, addr, config, shutdown, connections, accept_loop })
+        let control = Arc::new(Control::new(engine.dispatcher.clone(), telemetry.clone()));
+        Ok(Service { engine, telemetry, control, addr, config, shutdown, connections, accept_loop })
     }
 
     /// Graceful stop: no new connections or frames; every request already read is answered;
