@@ -49,39 +49,31 @@ pub fn run_models(cfg: &Config, iterations: usize) -> Result<BenchReport> {
     ladder.ensure_files(&crate::config::data_dir().join("models"))?;
     let mut models = Vec::new();
     for spec in &ladder.models {
-        let input = vec![0.25f32; ModelSession::load(spec, cfg.engine.intra_threads)?.input_len()];
-        let bare = {
-            let mut s = ModelSession::load(spec, cfg.engine.intra_threads)?;
-            warm_up(&mut s, 5)?;
-            let mut times = Vec::with_capacity(iterations);
-            for _ in 0..iterations {
-                let t = Instant::now();
-                s.run(&input)?;
-                times.push(t.elapsed().as_secs_f64() * 1e3);
+        let mut bare_session = ModelSession::load(spec, cfg.engine.intra_threads)?;
+        let input = vec![0.25f32; bare_session.input_len()];
+        warm_up(&mut bare_session, 5)?;
+        // The server's own worker: same thread setup, queue, timing and bookkeeping.
+        let mut worker_session = ModelSession::load(spec, cfg.engine.intra_threads)?;
+        warm_up(&mut worker_session, 5)?;
+        let d = Arc::new(Dispatcher::new(Box::new(Paper), 1, cfg.dispatch.ewma_weight, 1e9));
+        let workers = Workers::spawn(vec![worker_session], std::slice::from_ref(&spec.name), d.clone(), cfg.server.top_k)?;
+        let mut bare = Vec::with_capacity(iterations);
+        let mut server = Vec::with_capacity(iterations);
+        // Alternate the two paths so that load from elsewhere on the machine hits both alike.
+        for _ in 0..iterations {
+            let t = Instant::now();
+            bare_session.run(&input)?;
+            bare.push(t.elapsed().as_secs_f64() * 1e3);
+            d.assign();
+            let (tx, rx) = oneshot::channel();
+            if workers.enqueue(0, Job { tensor: input.clone(), enqueued: Instant::now(), reply: tx }).is_err() {
+                anyhow::bail!("bench worker stopped");
             }
-            times
-        };
-        let server = {
-            // The server's own worker: same thread setup, queue, timing and bookkeeping.
-            let mut s = ModelSession::load(spec, cfg.engine.intra_threads)?;
-            warm_up(&mut s, 5)?;
-            let d = Arc::new(Dispatcher::new(Box::new(Paper), 1, cfg.dispatch.ewma_weight, 1e9));
-            let workers = Workers::spawn(vec![s], std::slice::from_ref(&spec.name), d.clone(), cfg.server.top_k)?;
-            let mut times = Vec::with_capacity(iterations);
-            for _ in 0..iterations {
-                d.assign();
-                let (tx, rx) = oneshot::channel();
-                if workers.enqueue(0, Job { tensor: input.clone(), enqueued: Instant::now(), reply: tx }).is_err() {
-                    anyhow::bail!("bench worker stopped");
-                }
-                let out = rx.blocking_recv()?;
-                out.result.map_err(anyhow::Error::msg)?;
-                times.push(out.inference_us as f64 / 1e3);
-            }
-            workers.shutdown();
-            times
-        };
-        let (mut bare, mut server) = (bare, server);
+            let out = rx.blocking_recv()?;
+            out.result.map_err(anyhow::Error::msg)?;
+            server.push(out.inference_us as f64 / 1e3);
+        }
+        workers.shutdown();
         bare.sort_by(f64::total_cmp);
         server.sort_by(f64::total_cmp);
         let (b50, s50) = (percentile(&bare, 0.5), percentile(&server, 0.5));
