@@ -27,6 +27,12 @@ pub struct ServerConfig {
     pub max_frame_bytes: usize,
     pub max_image_pixels: u64,
     pub top_k: usize,
+    pub max_waiting: usize,
+    pub max_connections: usize,
+    pub idle_timeout_ms: u64,
+    pub read_timeout_ms: u64,
+    pub write_timeout_ms: u64,
+    pub auth_token: String,
 }
 
 impl Default for ServerConfig {
@@ -36,6 +42,12 @@ impl Default for ServerConfig {
             max_frame_bytes: 8 * 1024 * 1024,
             max_image_pixels: 4096 * 4096,
             top_k: 5,
+            max_waiting: 4096,
+            max_connections: 16384,
+            idle_timeout_ms: 300_000,
+            read_timeout_ms: 10_000,
+            write_timeout_ms: 10_000,
+            auth_token: String::new(),
         }
     }
 }
@@ -188,6 +200,24 @@ impl Config {
         }
         if self.server.top_k == 0 || self.server.top_k > 255 {
             return Err(KeyError::new("server.top_k", "must be between 1 and 255"));
+        }
+        if self.server.max_waiting == 0 {
+            return Err(KeyError::new("server.max_waiting", "must be at least 1"));
+        }
+        if self.server.max_connections == 0 {
+            return Err(KeyError::new("server.max_connections", "must be at least 1"));
+        }
+        for (key, v) in [
+            ("server.idle_timeout_ms", self.server.idle_timeout_ms),
+            ("server.read_timeout_ms", self.server.read_timeout_ms),
+            ("server.write_timeout_ms", self.server.write_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(KeyError::new(key, "must be positive"));
+            }
+        }
+        if self.server.auth_token.len() > u16::MAX as usize {
+            return Err(KeyError::new("server.auth_token", "must be shorter than 64 KiB"));
         }
         if self.headless.status_interval_ms < 50 {
             return Err(KeyError::new("headless.status_interval_ms", "must be at least 50"));

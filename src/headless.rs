@@ -88,7 +88,7 @@ fn fmt_opt(v: Option<f64>, digits: usize) -> String {
 pub fn status_line(r: &Row) -> String {
     let queues: Vec<String> = r.queue_depths.iter().map(|d| d.to_string()).collect();
     format!(
-        "[{:>6.0}s] clients {:>4} | rps {:>7.1} | acc {:>5} | p50 {:>6} ms p99 {:>6} ms | err {} | q {}",
+        "[{:>6.0}s] clients {:>4} | rps {:>7.1} | acc {:>5} | p50 {:>6} ms p99 {:>6} ms | err {} (overloaded {}) | q {}",
         r.t_s,
         r.clients,
         r.rps,
@@ -96,6 +96,7 @@ pub fn status_line(r: &Row) -> String {
         fmt_opt(r.p50_ms, 1),
         fmt_opt(r.p99_ms, 1),
         r.errors,
+        r.overloaded,
         queues.join(" ")
     )
 }

@@ -11,13 +11,8 @@ use crate::engine::preprocess::{self, ImageError};
 use crate::engine::worker::Job;
 use crate::engine::Engine;
 use crate::protocol::{Class, ModelRef, Request, Response, Status, Timings};
+use crate::server::Limits;
 use crate::telemetry::RequestRecord;
-
-/// Limits checked on every request.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    pub max_image_pixels: u64,
-}
 
 /// Serves one decoded request. Never panics on input: every failure becomes a status.
 pub async fn serve(engine: &Arc<Engine>, limits: &Limits, req: Request, arrival: Instant) -> (Response, RequestRecord) {
@@ -26,6 +21,9 @@ pub async fn serve(engine: &Arc<Engine>, limits: &Limits, req: Request, arrival:
         let record = RequestRecord { status, model: None, timings: Timings::default(), estimate_us: None };
         (Response::error(id, status, msg), record)
     };
+    if !token_matches(&limits.auth_token, &req.token) {
+        return fail(Status::Unauthorized, "missing or wrong access token".into());
+    }
     let staged = {
         let engine = engine.clone();
         let max = limits.max_image_pixels;
@@ -63,6 +61,15 @@ pub async fn serve(engine: &Arc<Engine>, limits: &Limits, req: Request, arrival:
     (Response { request_id: id, status, message, model, top, timings }, record)
 }
 
+/// Constant-time comparison, so response timing does not reveal how much of a guess was right.
+fn token_matches(expected: &str, given: &str) -> bool {
+    if expected.is_empty() {
+        return true;
+    }
+    let (a, b) = (expected.as_bytes(), given.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 fn clamp_u32(v: u64) -> u32 {
     v.min(u32::MAX as u64) as u32
 }
@@ -73,6 +80,8 @@ enum StageError {
     Image(#[from] ImageError),
     #[error("server is shutting down")]
     ShuttingDown,
+    #[error("server overloaded: {0} requests already waiting (server.max_waiting)")]
+    Overloaded(usize),
 }
 
 impl StageError {
@@ -80,7 +89,7 @@ impl StageError {
         match self {
             StageError::Image(ImageError::TooLarge { .. }) => Status::TooLarge,
             StageError::Image(_) => Status::BadRequest,
-            StageError::ShuttingDown => Status::Overloaded,
+            StageError::ShuttingDown | StageError::Overloaded(_) => Status::Overloaded,
         }
     }
 }
@@ -92,7 +101,7 @@ type Staged = (usize, f64, u64, oneshot::Receiver<crate::engine::worker::JobOutc
 fn stage(engine: &Engine, image: &[u8], max_pixels: u64) -> Result<Staged, StageError> {
     let start = Instant::now();
     let img = preprocess::decode(image, max_pixels)?;
-    let choice = engine.dispatcher.assign();
+    let choice = engine.dispatcher.try_assign().ok_or(StageError::Overloaded(engine.dispatcher.max_waiting()))?;
     let tensor = preprocess::to_tensor(&img, &engine.ladder[choice.queue].input);
     let preprocess_us = start.elapsed().as_micros() as u64;
     let (tx, rx) = oneshot::channel();
@@ -102,4 +111,19 @@ fn stage(engine: &Engine, image: &[u8], max_pixels: u64) -> Result<Staged, Stage
         return Err(StageError::ShuttingDown);
     }
     Ok((choice.queue, choice.estimate_us, preprocess_us, rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_matches;
+
+    #[test]
+    fn token_check() {
+        assert!(token_matches("", ""));
+        assert!(token_matches("", "anything"));
+        assert!(token_matches("s3cret", "s3cret"));
+        assert!(!token_matches("s3cret", ""));
+        assert!(!token_matches("s3cret", "s3cres"));
+        assert!(!token_matches("s3cret", "s3cret!"));
+    }
 }

@@ -33,6 +33,11 @@ impl Service {
         let engine = tokio::task::spawn_blocking(move || Engine::start(&cfg))
             .await
             .context("engine start-up panicked")??;
+        Self::with_engine(config, engine).await
+    }
+
+    /// Serves an engine that is already assembled (tests use stand-in models this way).
+    pub async fn with_engine(config: Config, engine: Engine) -> Result<Service> {
         let engine = Arc::new(engine);
         let telemetry = Arc::new(Telemetry::new(engine.ladder.iter().map(|m| m.accuracy).collect()));
         if let Some(why) = &engine.backend.fallback_reason {

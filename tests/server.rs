@@ -101,7 +101,7 @@ async fn serves_requests_and_survives_every_kind_of_bad_input() {
         let r = good.infer(common::png(50, 50).into(), 50).await.unwrap();
         assert_eq!(r.status, Status::Ok);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(common::eventually(5, || svc.telemetry.totals().requests >= 15).await);
     let totals = svc.telemetry.totals();
     assert!(totals.errors >= 7, "errors counted: {:?}", totals.errors_by_status);
     assert_eq!(totals.errors_by_status.get("too_large"), Some(&2));
@@ -150,6 +150,7 @@ async fn concurrent_clients_are_spread_down_the_ladder_under_a_tight_bound() {
     }
     assert_eq!(served.iter().sum::<usize>(), 80);
     assert!(served[1] + served[2] > 0, "tight bound must use cheaper models: {served:?}");
+    assert!(common::eventually(5, || svc.telemetry.totals().requests == 80).await);
     let totals = svc.telemetry.totals();
     assert_eq!((totals.requests, totals.errors), (80, 0));
     svc.stop().await;

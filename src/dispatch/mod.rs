@@ -31,6 +31,8 @@ pub struct Dispatcher {
     policy: Box<dyn Policy>,
     queues: Vec<QueueStats>,
     bound_us: AtomicU64,
+    /// Admission bound: requests waiting or running across all queues.
+    max_waiting: AtomicUsize,
     ewma_weight: f64,
     /// Serialises decide-and-count, so two simultaneous arrivals never both see the same depth.
     decide: Mutex<()>,
@@ -43,6 +45,7 @@ impl Dispatcher {
             policy,
             queues: (0..queues).map(|_| QueueStats::default()).collect(),
             bound_us: AtomicU64::new(0),
+            max_waiting: AtomicUsize::new(usize::MAX),
             ewma_weight,
             decide: Mutex::new(()),
         };
@@ -75,14 +78,36 @@ impl Dispatcher {
         self.bound_us.store((ms * 1000.0).to_bits(), Ordering::Relaxed);
     }
 
+    /// Caps the requests waiting or running across all queues; past it, [`try_assign`](Self::try_assign) refuses.
+    pub fn set_max_waiting(&self, n: usize) {
+        self.max_waiting.store(n, Ordering::Relaxed);
+    }
+
+    pub fn max_waiting(&self) -> usize {
+        self.max_waiting.load(Ordering::Relaxed)
+    }
+
     /// Picks the queue for a new request and counts it there until [`complete`](Self::complete)
-    /// or [`release`](Self::release).
+    /// or [`release`](Self::release). `None` when the admission bound is reached: below it the
+    /// paper's rule holds (the last queue always accepts); above it memory would grow without bound.
+    pub fn try_assign(&self) -> Option<Choice> {
+        self.assign_within(self.max_waiting())
+    }
+
+    /// [`try_assign`](Self::try_assign) without the admission bound (benchmarks, tests).
     pub fn assign(&self) -> Choice {
+        self.assign_within(usize::MAX).expect("an unbounded assignment always succeeds")
+    }
+
+    fn assign_within(&self, limit: usize) -> Option<Choice> {
         let _g = self.decide.lock();
         let views = self.snapshot();
+        if views.iter().map(|q| q.depth).sum::<usize>() >= limit {
+            return None;
+        }
         let choice = self.policy.choose(&views, f64::from_bits(self.bound_us.load(Ordering::Relaxed)));
         self.queues[choice.queue].depth.fetch_add(1, Ordering::Relaxed);
-        choice
+        Some(choice)
     }
 
     /// The queue's worker finished a request that ran for `inference_us`.
@@ -159,6 +184,17 @@ mod tests {
         d.set_bound_ms(50.0);
         assert_eq!(d.bound_ms(), 50.0);
         assert_eq!(d.assign().queue, 0);
+    }
+
+    #[test]
+    fn admission_bound_refuses_past_the_limit_and_recovers() {
+        let d = dispatcher(1.0);
+        d.set_max_waiting(3);
+        // Below the bound the paper's rule holds: the last queue keeps accepting.
+        assert!((0..3).all(|_| d.try_assign().map(|c| c.queue) == Some(2)));
+        assert_eq!(d.try_assign(), None);
+        d.complete(2, 1_000.0);
+        assert_eq!(d.try_assign().map(|c| c.queue), Some(2));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::dispatch::{policy, Dispatcher};
 use crate::models::{Ladder, ModelSpec};
 use backend::BackendInfo;
 use session::ModelSession;
-use worker::{Job, Workers};
+use worker::{Infer, Job, Workers};
 
 pub struct Engine {
     pub ladder: Arc<Vec<ModelSpec>>,
@@ -36,27 +36,39 @@ impl Engine {
         if generated > 0 {
             tracing::info!(generated, "wrote synthetic model files (random weights: predictions are meaningless)");
         }
-        Self::with_ladder(cfg, backend, ladder)
+        let mut models: Vec<Box<dyn Infer>> = Vec::with_capacity(ladder.models.len());
+        let mut warmup_us = Vec::with_capacity(ladder.models.len());
+        for spec in &ladder.models {
+            let mut s = ModelSession::load(spec, cfg.engine.intra_threads)?;
+            let runs = cfg.dispatch.warmup_runs.max(1);
+            let median = warm_up(&mut s, runs).with_context(|| format!("warm-up of model {:?}", spec.name))?;
+            tracing::info!(model = %spec.name, warmup_ms = median / 1000.0, "model ready");
+            warmup_us.push(median);
+            models.push(Box::new(s));
+        }
+        Self::from_models(cfg, backend, ladder.models, models, warmup_us)
     }
 
-    fn with_ladder(cfg: &Config, backend: &'static BackendInfo, ladder: Ladder) -> Result<Engine> {
+    /// Assembles an engine from already-loaded models (ladder order) and their measured
+    /// warm-up times. [`Engine::start`] uses it; tests use it with stand-in models.
+    pub fn from_models(
+        cfg: &Config,
+        backend: &'static BackendInfo,
+        specs: Vec<ModelSpec>,
+        models: Vec<Box<dyn Infer>>,
+        warmup_us: Vec<f64>,
+    ) -> Result<Engine> {
+        anyhow::ensure!(!specs.is_empty() && specs.len() == models.len() && specs.len() == warmup_us.len(), "one spec, model and warm-up time per rung");
         let policy = policy::by_name(&cfg.dispatch.policy).context("unknown dispatch policy")?;
         let d = &cfg.dispatch;
-        let dispatcher = Arc::new(Dispatcher::new(policy, ladder.models.len(), d.ewma_weight, d.latency_bound_ms));
-        let mut sessions = Vec::with_capacity(ladder.models.len());
-        let mut warmup_us = Vec::with_capacity(ladder.models.len());
-        for (i, spec) in ladder.models.iter().enumerate() {
-            let mut s = ModelSession::load(spec, cfg.engine.intra_threads)?;
-            let median = warm_up(&mut s, d.warmup_runs.max(1)).with_context(|| format!("warm-up of model {:?}", spec.name))?;
-            dispatcher.seed(i, median);
-            warmup_us.push(median);
-            tracing::info!(model = %spec.name, warmup_ms = median / 1000.0, "model ready");
-            sessions.push(s);
+        let dispatcher = Arc::new(Dispatcher::new(policy, specs.len(), d.ewma_weight, d.latency_bound_ms));
+        for (i, us) in warmup_us.iter().enumerate() {
+            dispatcher.seed(i, *us);
         }
-        let names: Vec<String> = ladder.models.iter().map(|m| m.name.clone()).collect();
-        let workers = Workers::spawn(sessions, &names, dispatcher.clone(), cfg.server.top_k)
+        let names: Vec<String> = specs.iter().map(|m| m.name.clone()).collect();
+        let workers = Workers::spawn(models, &names, dispatcher.clone(), cfg.server.top_k)
             .context("cannot start model worker threads")?;
-        Ok(Engine { ladder: Arc::new(ladder.models), dispatcher, backend, warmup_us, workers })
+        Ok(Engine { ladder: Arc::new(specs), dispatcher, backend, warmup_us, workers })
     }
 
     pub fn enqueue(&self, queue: usize, job: Job) -> Result<(), Job> {

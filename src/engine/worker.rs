@@ -19,6 +19,12 @@ pub trait Infer: Send + 'static {
     fn infer(&mut self, input: &[f32]) -> anyhow::Result<Vec<f32>>;
 }
 
+impl Infer for Box<dyn Infer> {
+    fn infer(&mut self, input: &[f32]) -> anyhow::Result<Vec<f32>> {
+        (**self).infer(input)
+    }
+}
+
 impl Infer for ModelSession {
     fn infer(&mut self, input: &[f32]) -> anyhow::Result<Vec<f32>> {
         self.run(input)

@@ -1,17 +1,17 @@
 //! One device connection: read frames, serve each request in turn, write the responses.
 //!
 //! A bad request fails alone: it gets an error response and the connection reads on. Only a
-//! broken framing (oversized or truncated frame) closes the connection, since after it the byte
-//! stream can no longer be trusted to start at a frame boundary.
+//! broken framing (oversized, truncated or stalled frame), a wrong token, or a peer that stops
+//! reading closes the connection: after those the byte stream or the peer cannot be trusted.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::BytesMut;
-use futures::{SinkExt, StreamExt};
+use bytes::{Bytes, BytesMut};
+use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio_util::codec::Framed;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
@@ -20,63 +20,120 @@ use crate::protocol::frame::peek_request_id;
 use crate::protocol::{Request, Response, Status, Timings};
 use crate::telemetry::RequestRecord;
 
+type Conn = Framed<TcpStream, LengthDelimitedCodec>;
+
+/// Why the read side gave no frame.
+enum NoFrame {
+    Closed,
+    Shutdown,
+}
+
 pub(super) async fn handle(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdown: CancellationToken) {
-    let mut framed = Framed::new(socket, frame_codec(shared.max_frame_bytes));
+    let mut conn = Framed::new(socket, frame_codec(shared.limits.max_frame_bytes));
     loop {
-        // Shutdown interrupts only the wait for a new frame; a request already read is finished.
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            f = framed.next() => f,
-        };
-        let body = match next {
-            None => break,
-            Some(Ok(body)) => body,
-            Some(Err(e)) if is_frame_too_large(&e) => {
-                let msg = format!("frame exceeds the {}-byte limit (server.max_frame_bytes)", shared.max_frame_bytes);
-                tracing::debug!(%peer, "{msg}");
-                answer_error(&mut framed, &shared, 0, Status::TooLarge, msg).await;
-                break;
-            }
-            Some(Err(e)) => {
-                // Truncated frame at EOF, reset by peer, ...: nothing to answer to.
-                tracing::debug!(%peer, "connection closed: {e}");
-                break;
+        let body = match next_frame(&mut conn, peer, &shared, &shutdown).await {
+            Ok(body) => body,
+            Err(NoFrame::Closed) => return,
+            Err(NoFrame::Shutdown) => {
+                answer_buffered_while_stopping(&mut conn, &shared).await;
+                return;
             }
         };
         let arrival = Instant::now();
-        let id = peek_request_id(&body);
-        let (response, record) = match Request::decode(body.freeze()) {
+        let (response, mut record) = match Request::decode(body.clone()) {
             Ok(req) => crate::pipeline::serve(&shared.engine, &shared.limits, req, arrival).await,
-            Err(e) => {
-                let record = RequestRecord { status: Status::BadRequest, model: None, timings: Timings::default(), estimate_us: None };
-                (Response::error(id, Status::BadRequest, e.to_string()), record)
-            }
+            Err(e) => error_reply(peek_request_id(&body), Status::BadRequest, e.to_string()),
         };
-        if send(&mut framed, &response).await.is_err() {
-            // Peer gone mid-request: the work was done and is counted, the answer has nowhere to go.
-            shared.telemetry.record(&record, shared.engine.dispatcher.bound_ms());
-            break;
-        }
-        let mut record = record;
+        let delivered = send(&mut conn, &response, &shared).await;
+        // Counted whether or not the peer was still there to read it: the work was done.
         record.timings.total_us = arrival.elapsed().as_micros().min(u32::MAX as u128) as u32;
         shared.telemetry.record(&record, shared.engine.dispatcher.bound_ms());
+        if !delivered || response.status == Status::Unauthorized {
+            return;
+        }
     }
 }
 
-async fn send(framed: &mut Framed<TcpStream, tokio_util::codec::LengthDelimitedCodec>, r: &Response) -> std::io::Result<()> {
-    let mut buf = BytesMut::new();
-    r.encode(&mut buf);
-    framed.send(buf.freeze()).await
+/// Waits for the next complete frame, enforcing the idle and per-frame read timeouts.
+async fn next_frame(conn: &mut Conn, peer: SocketAddr, shared: &Shared, shutdown: &CancellationToken) -> Result<Bytes, NoFrame> {
+    let limits = &shared.limits;
+    // Idle: wait for the first byte of the next frame without consuming it. Skipped when a
+    // pipelined frame is already buffered.
+    if conn.read_buffer().is_empty() {
+        let mut probe = [0u8; 1];
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(NoFrame::Shutdown),
+            r = tokio::time::timeout(limits.idle_timeout, conn.get_ref().peek(&mut probe)) => match r {
+                Err(_) => {
+                    tracing::debug!(%peer, "idle timeout");
+                    return Err(NoFrame::Closed);
+                }
+                Ok(Ok(0)) | Ok(Err(_)) => return Err(NoFrame::Closed),
+                Ok(Ok(_)) => {}
+            },
+        }
+    }
+    // A frame has started: all of it must arrive within the read timeout. Shutdown does not
+    // interrupt this, so a request the peer is sending is still read and answered.
+    match tokio::time::timeout(limits.read_timeout, conn.next()).await {
+        Err(_) => {
+            tracing::debug!(%peer, "peer stalled mid-frame; dropped");
+            shared.telemetry.count_dropped_connection();
+            Err(NoFrame::Closed)
+        }
+        Ok(None) => Err(NoFrame::Closed),
+        Ok(Some(Ok(body))) => Ok(body.freeze()),
+        Ok(Some(Err(e))) if is_frame_too_large(&e) => {
+            let msg = format!("frame exceeds the {}-byte limit (server.max_frame_bytes)", limits.max_frame_bytes);
+            let (response, record) = error_reply(0, Status::TooLarge, msg);
+            send(conn, &response, shared).await;
+            shared.telemetry.record(&record, shared.engine.dispatcher.bound_ms());
+            Err(NoFrame::Closed)
+        }
+        Ok(Some(Err(e))) => {
+            // Truncated frame at EOF, reset by peer, ...: nothing to answer to.
+            tracing::debug!(%peer, "connection closed: {e}");
+            Err(NoFrame::Closed)
+        }
+    }
 }
 
-async fn answer_error(
-    framed: &mut Framed<TcpStream, tokio_util::codec::LengthDelimitedCodec>,
-    shared: &Shared,
-    id: u64,
-    status: Status,
-    msg: String,
-) {
-    let record = RequestRecord { status, model: None, timings: Timings::default(), estimate_us: None };
-    shared.telemetry.record(&record, shared.engine.dispatcher.bound_ms());
-    let _ = send(framed, &Response::error(id, status, msg)).await;
+/// At shutdown, requests that already reached us but were not started are not dropped
+/// silently: each gets `overloaded` ("shutting down") so the device knows to go elsewhere.
+async fn answer_buffered_while_stopping(conn: &mut Conn, shared: &Shared) {
+    while let Some(Some(Ok(body))) = conn.next().now_or_never() {
+        let (response, record) = error_reply(peek_request_id(&body), Status::Overloaded, "server is shutting down".into());
+        shared.telemetry.record(&record, shared.engine.dispatcher.bound_ms());
+        if !send(conn, &response, shared).await {
+            return;
+        }
+    }
 }
+
+pub(super) fn error_reply(id: u64, status: Status, msg: String) -> (Response, RequestRecord) {
+    let record = RequestRecord { status, model: None, timings: Timings::default(), estimate_us: None };
+    (Response::error(id, status, msg), record)
+}
+
+/// Writes one response within the write timeout. `false` when the peer is gone or not reading.
+async fn send(conn: &mut Conn, r: &Response, shared: &Shared) -> bool {
+    let mut buf = BytesMut::new();
+    r.encode(&mut buf);
+    match tokio::time::timeout(shared.limits.write_timeout, conn.send(buf.freeze())).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            shared.telemetry.count_dropped_connection();
+            tracing::debug!("peer did not read its response within the write timeout; dropped");
+            false
+        }
+    }
+}
+
+/// Refuses a connection over `server.max_connections` with a clear answer, then closes it.
+pub(super) async fn refuse(socket: TcpStream, shared: Arc<Shared>, max: usize) {
+    let mut conn = Framed::new(socket, frame_codec(shared.limits.max_frame_bytes));
+    let (response, _) = error_reply(0, Status::Overloaded, format!("too many connections (server.max_connections = {max})"));
+    send(&mut conn, &response, &shared).await;
+}
+

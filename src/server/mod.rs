@@ -4,7 +4,9 @@ mod connection;
 pub mod shutdown;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
@@ -13,15 +15,51 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::ServerConfig;
 use crate::engine::Engine;
-use crate::pipeline::Limits;
 use crate::telemetry::Telemetry;
+
+/// Per-connection and per-request limits, from `[server]`.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_frame_bytes: usize,
+    pub max_image_pixels: u64,
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    /// Empty: no token required.
+    pub auth_token: String,
+}
+
+impl Limits {
+    pub fn from_config(cfg: &ServerConfig) -> Self {
+        Self {
+            max_frame_bytes: cfg.max_frame_bytes,
+            max_image_pixels: cfg.max_image_pixels,
+            max_connections: cfg.max_connections,
+            idle_timeout: Duration::from_millis(cfg.idle_timeout_ms),
+            read_timeout: Duration::from_millis(cfg.read_timeout_ms),
+            write_timeout: Duration::from_millis(cfg.write_timeout_ms),
+            auth_token: cfg.auth_token.clone(),
+        }
+    }
+}
 
 /// What every connection task shares.
 pub struct Shared {
     pub engine: Arc<Engine>,
     pub telemetry: Arc<Telemetry>,
     pub limits: Limits,
-    pub max_frame_bytes: usize,
+    open: AtomicUsize,
+}
+
+/// Counts a connection as open for as long as it lives.
+struct OpenGuard(Arc<Shared>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.0.telemetry.set_open_connections(self.0.open.load(Ordering::Relaxed));
+    }
 }
 
 pub struct Server {
@@ -32,12 +70,8 @@ pub struct Server {
 impl Server {
     pub async fn bind(cfg: &ServerConfig, engine: Arc<Engine>, telemetry: Arc<Telemetry>) -> Result<Server> {
         let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
-        let shared = Arc::new(Shared {
-            engine,
-            telemetry,
-            limits: Limits { max_image_pixels: cfg.max_image_pixels },
-            max_frame_bytes: cfg.max_frame_bytes,
-        });
+        engine.dispatcher.set_max_waiting(cfg.max_waiting);
+        let shared = Arc::new(Shared { engine, telemetry, limits: Limits::from_config(cfg), open: AtomicUsize::new(0) });
         Ok(Server { listener, shared })
     }
 
@@ -57,8 +91,21 @@ impl Server {
                 Ok((socket, peer)) => {
                     let _ = socket.set_nodelay(true);
                     let shared = self.shared.clone();
+                    let max = shared.limits.max_connections;
+                    let open = shared.open.fetch_add(1, Ordering::Relaxed) + 1;
+                    shared.telemetry.set_open_connections(open);
+                    let guard = OpenGuard(shared.clone());
+                    if open > max {
+                        shared.telemetry.count_refused_connection();
+                        tracker.spawn(async move {
+                            let _guard = guard;
+                            connection::refuse(socket, shared, max).await;
+                        });
+                        continue;
+                    }
                     let shutdown = shutdown.clone();
                     tracker.spawn(async move {
+                        let _guard = guard;
                         connection::handle(socket, peer, shared, shutdown).await;
                     });
                 }

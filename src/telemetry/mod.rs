@@ -9,6 +9,8 @@ pub mod summary;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 
@@ -53,6 +55,8 @@ pub struct Row {
     /// Requests each model served in the interval, ladder order.
     pub served: Vec<u64>,
     pub errors: u64,
+    /// Of `errors`, those refused by admission control (`overloaded`).
+    pub overloaded: u64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -73,6 +77,7 @@ struct Inner {
     interval_acc_sum: f64,
     interval_requests: u64,
     interval_errors: u64,
+    interval_overloaded: u64,
     last_tick: Instant,
     models: Vec<ModelStats>,
     requests: u64,
@@ -88,6 +93,25 @@ pub struct Telemetry {
     start: Instant,
     accuracies: Vec<f32>,
     inner: Mutex<Inner>,
+    connections: ConnectionCounters,
+}
+
+/// Connection-level counts, kept apart from the per-request lock.
+#[derive(Default)]
+struct ConnectionCounters {
+    open: AtomicUsize,
+    refused: AtomicU64,
+    dropped: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ConnectionStats {
+    /// Open right now.
+    pub open: usize,
+    /// Refused over `server.max_connections`.
+    pub refused: u64,
+    /// Dropped for stalling mid-frame or not reading responses.
+    pub dropped: u64,
 }
 
 const MAX_EVENTS: usize = 500;
@@ -107,6 +131,7 @@ impl Telemetry {
                 interval_acc_sum: 0.0,
                 interval_requests: 0,
                 interval_errors: 0,
+                interval_overloaded: 0,
                 last_tick: now,
                 models: (0..n).map(|_| ModelStats { served: 0, inference: histogram() }).collect(),
                 requests: 0,
@@ -117,6 +142,28 @@ impl Telemetry {
                 rows: Vec::new(),
                 events: VecDeque::new(),
             }),
+            connections: ConnectionCounters::default(),
+        }
+    }
+
+    pub fn set_open_connections(&self, n: usize) {
+        self.connections.open.store(n, Ordering::Relaxed);
+    }
+
+    pub fn count_refused_connection(&self) {
+        self.connections.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_dropped_connection(&self) {
+        self.connections.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connections(&self) -> ConnectionStats {
+        let c = &self.connections;
+        ConnectionStats {
+            open: c.open.load(Ordering::Relaxed),
+            refused: c.refused.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
         }
     }
 
@@ -133,6 +180,9 @@ impl Telemetry {
         if r.status != Status::Ok {
             *g.errors_by_status.entry(r.status.as_str()).or_default() += 1;
             g.interval_errors += 1;
+            if r.status == Status::Overloaded {
+                g.interval_overloaded += 1;
+            }
             return;
         }
         record(&mut g.latency, total);
@@ -171,11 +221,13 @@ impl Telemetry {
             queue_depths,
             served: std::mem::replace(&mut g.interval_served, vec![0; self.accuracies.len()]),
             errors: g.interval_errors,
+            overloaded: g.interval_overloaded,
         };
         g.interval_latency.reset();
         g.interval_acc_sum = 0.0;
         g.interval_requests = 0;
         g.interval_errors = 0;
+        g.interval_overloaded = 0;
         g.last_tick = now;
         g.rows.push(row.clone());
         row

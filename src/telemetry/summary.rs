@@ -45,6 +45,7 @@ pub struct Summary {
     pub throughput_rps: f64,
     /// |dispatcher's predicted latency − actual queue wait + inference|.
     pub estimate_error_ms: LatencySummary,
+    pub connections: super::ConnectionStats,
 }
 
 pub fn build(engine: &Engine, telemetry: &Telemetry) -> Summary {
@@ -78,6 +79,7 @@ pub fn build(engine: &Engine, telemetry: &Telemetry) -> Summary {
         mean_accuracy: totals.mean_accuracy,
         throughput_rps: totals.requests as f64 / duration_s.max(1e-9),
         estimate_error_ms: totals.estimate_error_ms,
+        connections: telemetry.connections(),
     }
 }
 
@@ -126,6 +128,7 @@ mod tests {
             queue_depths: vec![1, 0],
             served: vec![5, 5],
             errors: 0,
+            overloaded: 0,
         };
         write_csv(&p, &[row], &["a".into(), "b".into()]).unwrap();
         let text = std::fs::read_to_string(&p).unwrap();

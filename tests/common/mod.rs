@@ -52,3 +52,16 @@ pub fn jpeg(w: u32, h: u32) -> Vec<u8> {
     image(w, h).write_to(&mut Cursor::new(&mut out), image::ImageFormat::Jpeg).unwrap();
     out
 }
+
+/// Polls `cond` every 10 ms for up to `secs`; true once it holds. Telemetry records a request
+/// just after its response is written, so tests wait for counts instead of racing them.
+pub async fn eventually(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !cond() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    true
+}
