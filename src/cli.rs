@@ -83,6 +83,14 @@ pub enum BenchCommand {
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
     },
+    /// Memory of idle connections: a headless server child holding COUNT idle connections.
+    Connections {
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        /// Seconds to hold the connections before measuring.
+        #[arg(long, default_value_t = 5.0)]
+        hold: f64,
+    },
 }
 
 fn parse_backend(s: &str) -> Result<BackendChoice, String> {
@@ -141,6 +149,12 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
             if let Some(p) = json {
                 crate::telemetry::summary::write_json(p, &report)?;
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Bench { what: BenchCommand::Connections { count, hold } }) => {
+            let hold = Duration::try_from_secs_f64(*hold).map_err(|_| anyhow!("--hold must be non-negative seconds"))?;
+            let report = runtime.block_on(crate::bench::run_connections(cli.config.as_deref(), *count, hold))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Paths) => {

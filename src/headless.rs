@@ -37,7 +37,7 @@ pub async fn run(config: Config, opts: HeadlessOptions) -> Result<()> {
             _ = until_deadline => break,
             _ = ticker.tick() => {
                 let row = service.telemetry.tick(service.engine.dispatcher.snapshot().iter().map(|q| q.depth).collect(), 0);
-                println!("{}", status_line(&row));
+                say(&status_line(&row));
             }
         }
     }
@@ -45,16 +45,16 @@ pub async fn run(config: Config, opts: HeadlessOptions) -> Result<()> {
     let engine = service.engine.clone();
     service.stop().await;
     let last = telemetry.tick(engine.dispatcher.snapshot().iter().map(|q| q.depth).collect(), 0);
-    println!("{}", status_line(&last));
+    say(&status_line(&last));
     let sum = summary::build(&engine, &telemetry);
-    println!(
+    say(&format!(
         "edgeinfer: done: {} requests, {} errors, mean accuracy {}, p99 {} ms, SLO attainment {}",
         sum.requests,
         sum.errors,
         fmt_opt(sum.mean_accuracy, 2),
         fmt_opt(sum.latency_ms.p99, 1),
         fmt_opt(sum.slo_attainment, 4)
-    );
+    ));
     if let Some(p) = &opts.summary {
         summary::write_json(p, &sum)?;
     }
@@ -65,18 +65,20 @@ pub async fn run(config: Config, opts: HeadlessOptions) -> Result<()> {
     Ok(())
 }
 
+/// Prints a line on stdout, ignoring a closed stdout: a reader that went away must not take
+/// the server down with it (`println!` would panic on EPIPE).
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
 fn print_banner(s: &Service) {
     let e = &s.engine;
-    println!("edgeinfer: listening on {}", s.addr);
-    println!("edgeinfer: backend {}", e.backend.describe());
-    println!(
-        "edgeinfer: {} models, policy {}, T = {} ms",
-        e.ladder.len(),
-        e.dispatcher.policy_name(),
-        e.dispatcher.bound_ms()
-    );
+    say(&format!("edgeinfer: listening on {}", s.addr));
+    say(&format!("edgeinfer: backend {}", e.backend.describe()));
+    say(&format!("edgeinfer: {} models, policy {}, T = {} ms", e.ladder.len(), e.dispatcher.policy_name(), e.dispatcher.bound_ms()));
     if e.any_synthetic() {
-        println!("edgeinfer: SYNTHETIC WEIGHTS: MobileNet-v1 graphs with random weights; compute cost is real, predictions are meaningless, accuracies are the published figures");
+        say("edgeinfer: SYNTHETIC WEIGHTS: MobileNet-v1 graphs with random weights; compute cost is real, predictions are meaningless, accuracies are the published figures");
     }
 }
 

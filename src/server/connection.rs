@@ -29,7 +29,8 @@ enum NoFrame {
 }
 
 pub(super) async fn handle(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdown: CancellationToken) {
-    let mut conn = Framed::new(socket, frame_codec(shared.limits.max_frame_bytes));
+    // No read buffer until the first byte arrives: idle devices then cost a task and a socket.
+    let mut conn = Framed::with_capacity(socket, frame_codec(shared.limits.max_frame_bytes), 0);
     loop {
         let body = match next_frame(&mut conn, peer, &shared, &shutdown).await {
             Ok(body) => body,
@@ -132,7 +133,7 @@ async fn send(conn: &mut Conn, r: &Response, shared: &Shared) -> bool {
 
 /// Refuses a connection over `server.max_connections` with a clear answer, then closes it.
 pub(super) async fn refuse(socket: TcpStream, shared: Arc<Shared>, max: usize) {
-    let mut conn = Framed::new(socket, frame_codec(shared.limits.max_frame_bytes));
+    let mut conn = Framed::with_capacity(socket, frame_codec(shared.limits.max_frame_bytes), 0);
     let (response, _) = error_reply(0, Status::Overloaded, format!("too many connections (server.max_connections = {max})"));
     send(&mut conn, &response, &shared).await;
 }
