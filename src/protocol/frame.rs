@@ -336,6 +336,46 @@ mod tests {
         assert!(Response::decode(&buf[..10]).is_err());
     }
 
+    /// Cheap always-on fuzzing: random mutations of valid frames never panic a decoder.
+    /// (`fuzz/` has the coverage-guided version.)
+    #[test]
+    fn mutated_frames_never_panic() {
+        let mut req = BytesMut::new();
+        request().encode(&mut req);
+        let mut resp = BytesMut::new();
+        Response {
+            request_id: 1,
+            status: Status::Ok,
+            message: "m".into(),
+            model: Some(ModelRef { index: 0, name: "n".into(), accuracy: 1.0 }),
+            top: vec![Class { index: 1, score: 0.5, label: Some("l".into()) }],
+            timings: Timings::default(),
+        }
+        .encode(&mut resp);
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rand = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            for base in [&req, &resp] {
+                let mut b = base.to_vec();
+                let len = (rand() as usize) % (b.len() + 8);
+                b.resize(len, 0);
+                for _ in 0..(rand() % 4) {
+                    if !b.is_empty() {
+                        let i = rand() as usize % b.len();
+                        b[i] = rand() as u8;
+                    }
+                }
+                let _ = Request::decode(Bytes::from(b.clone()));
+                let _ = Response::decode(&b);
+            }
+        }
+    }
+
     #[test]
     fn long_strings_are_cut_on_char_boundaries() {
         let s = "é".repeat(200); // 400 bytes
