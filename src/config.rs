@@ -83,6 +83,18 @@ pub struct EngineConfig {
     pub fetch_onnxruntime: bool,
     pub onnxruntime_version: String,
     pub intra_threads: usize,
+    pub pool_workers: usize,
+}
+
+impl EngineConfig {
+    /// Workers of the `deadline` pool: `pool_workers`, or one per core when 0.
+    pub fn pool_workers(&self) -> usize {
+        if self.pool_workers > 0 {
+            self.pool_workers
+        } else {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -93,6 +105,7 @@ impl Default for EngineConfig {
             fetch_onnxruntime: true,
             onnxruntime_version: "1.32.0".into(),
             intra_threads: 1,
+            pool_workers: 0,
         }
     }
 }
@@ -183,7 +196,7 @@ impl Config {
         if !(d.ewma_weight > 0.0 && d.ewma_weight <= 1.0) {
             return Err(KeyError::new("dispatch.ewma_weight", "must be in (0, 1]"));
         }
-        if crate::dispatch::policy::by_name(&d.policy).is_none() {
+        if !crate::dispatch::policy::NAMES.contains(&d.policy.as_str()) {
             return Err(KeyError::new(
                 "dispatch.policy",
                 format!("unknown policy {:?}; known: {}", d.policy, crate::dispatch::policy::NAMES.join(", ")),

@@ -76,7 +76,7 @@ fn print_banner(s: &Service) {
     let e = &s.engine;
     say(&format!("edgeinfer: listening on {}", s.addr));
     say(&format!("edgeinfer: backend {}", e.backend.describe()));
-    say(&format!("edgeinfer: {} models, policy {}, T = {} ms", e.ladder.len(), e.dispatcher.policy_name(), e.dispatcher.bound_ms()));
+    say(&format!("edgeinfer: {} models, policy {}, T = {} ms", e.ladder.len(), e.policy_name(), e.dispatcher.bound_ms()));
     if e.any_synthetic() {
         say("edgeinfer: SYNTHETIC WEIGHTS: MobileNet-v1 graphs with random weights; compute cost is real, predictions are meaningless, accuracies are the published figures");
     }

@@ -8,7 +8,8 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 use crate::engine::preprocess::{self, ImageError};
-use crate::engine::worker::Job;
+use crate::engine::pool::{PoolJob, PoolOutcome};
+use crate::engine::worker::{Job, JobOutcome};
 use crate::engine::Engine;
 use crate::protocol::{Class, ModelRef, Request, Response, Status, Timings};
 use crate::server::Limits;
@@ -27,22 +28,25 @@ pub async fn serve(engine: &Arc<Engine>, limits: &Limits, req: Request, arrival:
     let staged = {
         let engine = engine.clone();
         let max = limits.max_image_pixels;
-        tokio::task::spawn_blocking(move || stage(&engine, &req.image, max)).await
+        tokio::task::spawn_blocking(move || stage(&engine, &req.image, max, arrival)).await
     };
-    let (queue, estimate_us, preprocess_us, reply) = match staged {
+    let (preprocess_us, pending) = match staged {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return fail(e.status(), e.to_string()),
         Err(join) => return fail(Status::Internal, format!("preprocessing failed: {join}")),
     };
-    let outcome = match reply.await {
-        Ok(o) => o,
-        Err(_) => return fail(Status::Internal, "model worker stopped before answering".into()),
+    let answered = match pending {
+        Pending::Queue { queue, estimate_us, reply } => reply.await.map(|o| (queue, estimate_us, 0, o)),
+        Pending::Pool(reply) => reply.await.map(|o| (o.model, o.estimate_us, o.resize_us, o.job)),
+    };
+    let Ok((queue, estimate_us, resize_us, outcome)) = answered else {
+        return fail(Status::Internal, "model worker stopped before answering".into());
     };
     let spec = &engine.ladder[queue];
     let model = Some(ModelRef { index: queue as u16, name: spec.name.clone(), accuracy: spec.accuracy });
     let mut timings = Timings {
         queue_us: clamp_u32(outcome.queue_us),
-        preprocess_us: clamp_u32(preprocess_us),
+        preprocess_us: clamp_u32(preprocess_us + resize_us),
         inference_us: clamp_u32(outcome.inference_us),
         total_us: 0,
     };
@@ -94,14 +98,33 @@ impl StageError {
     }
 }
 
-type Staged = (usize, f64, u64, oneshot::Receiver<crate::engine::worker::JobOutcome>);
+/// Where a staged request waits for its answer.
+enum Pending {
+    /// In the queue the policy chose on arrival.
+    Queue { queue: usize, estimate_us: f64, reply: oneshot::Receiver<JobOutcome> },
+    /// In the shared pool; the worker that takes it chooses the model.
+    Pool(oneshot::Receiver<PoolOutcome>),
+}
 
-/// Blocking part before the queue: decode, choose the queue, shape the tensor for that model.
-/// The queue is chosen after decoding so that a bad image never occupies a queue slot.
-fn stage(engine: &Engine, image: &[u8], max_pixels: u64) -> Result<Staged, StageError> {
+/// Blocking part before the queue: decode; then either choose the queue and shape the tensor
+/// for that model, or hand the decoded image to the pool. Decoding comes first so that a bad
+/// image never occupies a queue slot.
+fn stage(engine: &Engine, image: &[u8], max_pixels: u64, arrival: Instant) -> Result<(u64, Pending), StageError> {
     let start = Instant::now();
     let img = preprocess::decode(image, max_pixels)?;
-    let choice = engine.dispatcher.try_assign().ok_or(StageError::Overloaded(engine.dispatcher.max_waiting()))?;
+    let max_waiting = engine.dispatcher.max_waiting();
+    if engine.is_pooled() {
+        let waiting = engine.pool_backlog() + engine.dispatcher.snapshot().iter().map(|q| q.depth).sum::<usize>();
+        if waiting >= max_waiting {
+            return Err(StageError::Overloaded(max_waiting));
+        }
+        let (tx, rx) = oneshot::channel();
+        let preprocess_us = start.elapsed().as_micros() as u64;
+        let job = PoolJob { image: img, arrival, enqueued: Instant::now(), reply: tx };
+        engine.submit_pool(job).map_err(|_| StageError::ShuttingDown)?;
+        return Ok((preprocess_us, Pending::Pool(rx)));
+    }
+    let choice = engine.dispatcher.try_assign().ok_or(StageError::Overloaded(max_waiting))?;
     let tensor = preprocess::to_tensor(&img, &engine.ladder[choice.queue].input);
     let preprocess_us = start.elapsed().as_micros() as u64;
     let (tx, rx) = oneshot::channel();
@@ -110,7 +133,7 @@ fn stage(engine: &Engine, image: &[u8], max_pixels: u64) -> Result<Staged, Stage
         engine.dispatcher.release(choice.queue);
         return Err(StageError::ShuttingDown);
     }
-    Ok((choice.queue, choice.estimate_us, preprocess_us, rx))
+    Ok((preprocess_us, Pending::Queue { queue: choice.queue, estimate_us: choice.estimate_us, reply: rx }))
 }
 
 #[cfg(test)]

@@ -48,7 +48,7 @@ impl Service {
         let shutdown = CancellationToken::new();
         let connections = TaskTracker::new();
         let accept_loop = tokio::spawn(server.run(shutdown.clone(), connections.clone()));
-        telemetry.event(format!("listening on {addr}, T = {} ms, policy {}", engine.dispatcher.bound_ms(), engine.dispatcher.policy_name()));
+        telemetry.event(format!("listening on {addr}, T = {} ms, policy {}", engine.dispatcher.bound_ms(), engine.policy_name()));
         let control = Arc::new(Control::new(engine.dispatcher.clone(), telemetry.clone()));
         Ok(Service { engine, telemetry, control, addr, config, shutdown, connections, accept_loop })
     }

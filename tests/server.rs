@@ -169,3 +169,46 @@ async fn graceful_stop_answers_what_was_read() {
     assert!(c.infer(common::png(64, 64).into(), 64).await.is_err());
     assert!(TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_policy_serves_from_a_shared_pool_and_moves_down_under_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::config(dir.path(), BackendChoice::Auto);
+    cfg.dispatch.policy = "deadline".into();
+    cfg.engine.pool_workers = 2;
+    let svc = edgeinfer::service::Service::start(cfg).await.unwrap();
+    assert!(svc.engine.is_pooled());
+    assert_eq!(svc.engine.policy_name(), "deadline");
+    // Idle, with a generous bound (so a loaded test machine cannot eat it): the most accurate model.
+    svc.engine.dispatcher.set_bound_ms(1_000.0);
+    let mut c = Client::connect(svc.addr, 1).await.unwrap();
+    let r = c.infer(common::png(96, 96).into(), 96).await.unwrap();
+    assert_eq!((r.status, r.model.unwrap().index), (Status::Ok, 0));
+    // A bound tighter than the best model's cost: the pool must pick cheaper models.
+    let ewma0 = svc.engine.dispatcher.snapshot()[0].ewma_us / 1000.0;
+    svc.engine.dispatcher.set_bound_ms(ewma0);
+    let addr = svc.addr;
+    let tasks: Vec<_> = (0..6)
+        .map(|i| {
+            tokio::spawn(async move {
+                let mut c = Client::connect(addr, i).await.unwrap();
+                let mut models = Vec::new();
+                for _ in 0..10 {
+                    let r = c.infer(common::jpeg(96, 96).into(), 96).await.unwrap();
+                    assert_eq!(r.status, Status::Ok, "{}", r.message);
+                    models.push(r.model.unwrap().index);
+                }
+                models
+            })
+        })
+        .collect();
+    let mut lower = 0;
+    for t in tasks {
+        lower += t.await.unwrap().iter().filter(|m| **m > 0).count();
+    }
+    assert!(lower > 0, "a tight bound must use cheaper models");
+    assert!(common::eventually(5, || svc.telemetry.totals().requests == 61).await);
+    assert_eq!(svc.telemetry.totals().errors, 0);
+    assert_eq!(svc.engine.pool_backlog(), 0);
+    svc.stop().await;
+}

@@ -110,6 +110,12 @@ impl Dispatcher {
         Some(choice)
     }
 
+    /// Counts a request on `queue` that was placed there without [`try_assign`](Self::try_assign)
+    /// (the `deadline` pool chooses the model itself, when a worker takes the request).
+    pub fn begin(&self, queue: usize) {
+        self.queues[queue].depth.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The queue's worker finished a request that ran for `inference_us`.
     pub fn complete(&self, queue: usize, inference_us: f64) {
         let q = &self.queues[queue];

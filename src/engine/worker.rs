@@ -89,33 +89,47 @@ fn run_queue<M: Infer>(index: usize, mut model: M, rx: Receiver<Job>, dispatcher
     for job in rx {
         let start = Instant::now();
         let queue_us = start.duration_since(job.enqueued).as_micros() as u64;
-        // A panic inside one inference must fail that request, not the queue.
-        let ran = std::panic::catch_unwind(AssertUnwindSafe(|| model.infer(&job.tensor)));
-        let inference_us = start.elapsed().as_micros() as u64;
-        let result = match ran {
-            Ok(Ok(scores)) => {
-                dispatcher.complete(index, inference_us as f64);
-                Ok(top_k(&scores, k))
-            }
-            Ok(Err(e)) => {
-                dispatcher.release(index);
-                tracing::error!(queue = index, "inference error: {e:#}");
-                Err(format!("inference failed: {e:#}"))
-            }
-            Err(panic) => {
-                dispatcher.release(index);
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                tracing::error!(queue = index, "inference panicked: {what}");
-                Err(format!("inference panicked: {what}"))
-            }
-        };
-        // The requester may be gone (peer hung up); the work is still accounted for above.
+        let (result, inference_us) = execute(&mut model, index, &job.tensor, dispatcher, k);
+        // The requester may be gone (peer hung up); the work is still accounted for.
         let _ = job.reply.send(JobOutcome { result, queue_us, inference_us });
     }
+}
+
+/// Runs model `index` on one tensor, times it, and settles the dispatcher's books for it
+/// (`complete` with the time on success, `release` on failure). Returns top-k or why not.
+pub(super) fn execute<M: Infer>(
+    model: &mut M,
+    index: usize,
+    tensor: &[f32],
+    dispatcher: &Dispatcher,
+    k: usize,
+) -> (Result<Vec<(usize, f32)>, String>, u64) {
+    let start = Instant::now();
+    // A panic inside one inference must fail that request, not the worker.
+    let ran = std::panic::catch_unwind(AssertUnwindSafe(|| model.infer(tensor)));
+    let inference_us = start.elapsed().as_micros() as u64;
+    let result = match ran {
+        Ok(Ok(scores)) => {
+            dispatcher.complete(index, inference_us as f64);
+            Ok(top_k(&scores, k))
+        }
+        Ok(Err(e)) => {
+            dispatcher.release(index);
+            tracing::error!(model = index, "inference error: {e:#}");
+            Err(format!("inference failed: {e:#}"))
+        }
+        Err(panic) => {
+            dispatcher.release(index);
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            tracing::error!(model = index, "inference panicked: {what}");
+            Err(format!("inference panicked: {what}"))
+        }
+    };
+    (result, inference_us)
 }
 
 #[cfg(test)]

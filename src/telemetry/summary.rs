@@ -30,7 +30,7 @@ pub struct Summary {
     /// True when any ladder model has generated random weights: accuracies are declared, not measured.
     pub synthetic_weights: bool,
     pub latency_bound_ms: f64,
-    pub policy: &'static str,
+    pub policy: String,
     pub duration_s: f64,
     pub models: Vec<ModelSummary>,
     pub requests: u64,
@@ -56,7 +56,7 @@ pub fn build(engine: &Engine, telemetry: &Telemetry) -> Summary {
         backend: BackendSummary { name: engine.backend.name.as_str(), version: engine.backend.version.clone() },
         synthetic_weights: engine.any_synthetic(),
         latency_bound_ms: engine.dispatcher.bound_ms(),
-        policy: engine.dispatcher.policy_name(),
+        policy: engine.policy_name().to_string(),
         duration_s,
         models: engine
             .ladder
