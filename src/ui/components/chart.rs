@@ -37,7 +37,7 @@ pub fn draw(f: &mut Frame, area: Rect, s: &UiState, v: &View) {
     let label = |s: String| Span::styled(s, t.muted());
     let chart = Chart::new(datasets)
         .block(panel(t, " accuracy over time "))
-        .legend_position(Some(LegendPosition::TopRight))
+        .legend_position(Some(LegendPosition::TopLeft))
         .hidden_legend_constraints((ratatui::layout::Constraint::Percentage(60), ratatui::layout::Constraint::Percentage(60)))
         .x_axis(
             Axis::default()

@@ -58,7 +58,8 @@ pub fn draw(f: &mut Frame, area: Rect, s: &UiState, v: &View) {
     l3.extend(pair("req/s ", opt(s.rps, 1)));
     l3.extend(pair("accuracy ", opt(s.accuracy, 2)));
     l3.push(Span::styled("SLO ", key));
-    l3.push(Span::styled(opt(s.slo_attainment.map(|x| x * 100.0), 1) + "%", slo_style.add_modifier(Modifier::BOLD)));
+    let slo = s.slo_attainment.map_or("-".into(), |x| format!("{:.1}%", x * 100.0));
+    l3.push(Span::styled(slo, slo_style.add_modifier(Modifier::BOLD)));
     l3.push(Span::raw("  "));
     l3.extend(pair("p50 ", opt(s.p50_ms, 1)));
     l3.extend(pair("p99 ", format!("{} ms", opt(s.p99_ms, 1))));
