@@ -28,6 +28,9 @@ pub struct RunArgs {
     /// Run without the console: status lines on stdout.
     #[arg(long)]
     pub headless: bool,
+    /// Console colour theme: dark, light, high-contrast, or a file themes/NAME.toml.
+    #[arg(long, value_name = "NAME")]
+    pub theme: Option<String>,
     /// Address to listen on (default 127.0.0.1:7878).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<std::net::SocketAddr>,
@@ -91,6 +94,20 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 5.0)]
         hold: f64,
     },
+    /// CPU used by the console loop (snapshots + rendering) against a live node with N clients.
+    Console {
+        #[arg(long, default_value_t = 20.0)]
+        secs: f64,
+        /// Fleet clients to list (the built-in fleet when attached, else a stand-in list).
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// Closed-loop request connections when no built-in fleet is attached.
+        #[arg(long, default_value_t = 4)]
+        load: usize,
+        /// Also write the results as JSON.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
 }
 
 fn parse_backend(s: &str) -> Result<BackendChoice, String> {
@@ -134,7 +151,16 @@ impl Cli {
 /// Entry point behind `main`: logging, runtime, and the chosen mode.
 pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
     use std::process::ExitCode;
-    crate::logging::init_stderr();
+    let console = cli.command.is_none() && !cli.run.headless;
+    // The console owns the terminal, so its logs go to a file; everything else logs to stderr.
+    let log_path = console.then(crate::logging::log_file_path);
+    let _log_guard = match &log_path {
+        Some(p) => Some(crate::logging::init_file(p).map_err(|e| anyhow!("cannot open log file {}: {e}", p.display()))?),
+        None => {
+            crate::logging::init_stderr();
+            None
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match &cli.command {
         Some(Command::Infer { connect, json, token, images }) => {
@@ -161,6 +187,24 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
             let show = |p: Option<PathBuf>| p.map(|p| p.display().to_string()).unwrap_or_else(|| "(none)".into());
             println!("user config: {}", show(crate::config::user_config_path()));
             println!("data:        {}", crate::config::data_dir().display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Bench { what: BenchCommand::Console { secs, clients, load, json } }) => {
+            let opts = crate::ui::bench::BenchOptions { secs: *secs, clients: *clients, load: *load, width: 120, height: 40 };
+            let report = crate::ui::bench::run(&runtime, cli.config()?, opts)?;
+            println!("{report}");
+            if let Some(p) = json {
+                crate::telemetry::summary::write_json(p, &report)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        None if console => {
+            use std::io::IsTerminal;
+            if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+                anyhow::bail!("the console needs a terminal; use --headless for scripted runs");
+            }
+            let opts = crate::ui::ConsoleOptions { duration: cli.duration()?, theme: cli.run.theme.clone(), log_path };
+            crate::ui::run(&runtime, cli.config()?, opts)?;
             Ok(ExitCode::SUCCESS)
         }
         None => {

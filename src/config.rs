@@ -18,6 +18,7 @@ pub struct Config {
     pub engine: EngineConfig,
     pub models: ModelsConfig,
     pub headless: HeadlessConfig,
+    pub ui: UiConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -134,6 +135,31 @@ impl Default for HeadlessConfig {
     }
 }
 
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UiConfig {
+    pub theme: String,
+    pub themes_dir: PathBuf,
+    pub t_step_ms: f64,
+    pub fps: u32,
+    pub chart_window_s: u64,
+    /// Action name → keys, e.g. `t_up = ["Up", "+"]`. Actions a file leaves out keep their default keys.
+    pub keys: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl Default for UiConfig {
+    fn default() -> Self {
+        Self {
+            theme: "dark".into(),
+            themes_dir: PathBuf::from("themes"),
+            t_step_ms: 5.0,
+            fps: 10,
+            chart_window_s: 300,
+            keys: crate::ui::keymap::default_bindings(),
+        }
+    }
+}
+
 /// Where edgeinfer keeps per-user state. `None` when the platform gives no home folder.
 pub fn project_dirs() -> Option<directories::ProjectDirs> {
     directories::ProjectDirs::from("", "", "edgeinfer")
@@ -235,6 +261,20 @@ impl Config {
         if self.headless.status_interval_ms < 50 {
             return Err(KeyError::new("headless.status_interval_ms", "must be at least 50"));
         }
+        let ui = &self.ui;
+        if !(ui.t_step_ms.is_finite() && ui.t_step_ms > 0.0) {
+            return Err(KeyError::new("ui.t_step_ms", "must be a positive number of milliseconds"));
+        }
+        if !(1..=60).contains(&ui.fps) {
+            return Err(KeyError::new("ui.fps", "must be between 1 and 60"));
+        }
+        if ui.chart_window_s < 10 {
+            return Err(KeyError::new("ui.chart_window_s", "must be at least 10 seconds"));
+        }
+        if ui.theme.is_empty() {
+            return Err(KeyError::new("ui.theme", "must name a theme (e.g. \"dark\")"));
+        }
+        crate::ui::keymap::KeyMap::from_config(&ui.keys).map_err(|m| KeyError::new("ui.keys", m))?;
         Ok(())
     }
 }

@@ -47,14 +47,7 @@ pub async fn run(config: Config, opts: HeadlessOptions) -> Result<()> {
     let last = telemetry.tick(engine.dispatcher.snapshot().iter().map(|q| q.depth).collect(), 0);
     say(&status_line(&last));
     let sum = summary::build(&engine, &telemetry);
-    say(&format!(
-        "edgeinfer: done: {} requests, {} errors, mean accuracy {}, p99 {} ms, SLO attainment {}",
-        sum.requests,
-        sum.errors,
-        fmt_opt(sum.mean_accuracy, 2),
-        fmt_opt(sum.latency_ms.p99, 1),
-        fmt_opt(sum.slo_attainment, 4)
-    ));
+    say(&done_line(&sum));
     if let Some(p) = &opts.summary {
         summary::write_json(p, &sum)?;
     }
@@ -80,6 +73,18 @@ fn print_banner(s: &Service) {
     if e.any_synthetic() {
         say("edgeinfer: SYNTHETIC WEIGHTS: MobileNet-v1 graphs with random weights; compute cost is real, predictions are meaningless, accuracies are the published figures");
     }
+}
+
+/// The closing line of a run (headless and console).
+pub fn done_line(sum: &summary::Summary) -> String {
+    format!(
+        "edgeinfer: done: {} requests, {} errors, mean accuracy {}, p99 {} ms, SLO attainment {}",
+        sum.requests,
+        sum.errors,
+        fmt_opt(sum.mean_accuracy, 2),
+        fmt_opt(sum.latency_ms.p99, 1),
+        fmt_opt(sum.slo_attainment, 4)
+    )
 }
 
 fn fmt_opt(v: Option<f64>, digits: usize) -> String {

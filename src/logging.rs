@@ -1,15 +1,41 @@
 //! Logging set-up. Headless and one-shot commands log to stderr (stdout carries the status
-//! lines and results); `RUST_LOG` overrides the default filter.
+//! lines and results); the console logs to a file, since anything on the terminal would tear
+//! its screen. `RUST_LOG` overrides the default filter.
+
+use std::path::PathBuf;
 
 use tracing_subscriber::EnvFilter;
 
 const DEFAULT_FILTER: &str = "edgeinfer=info,ort=warn";
 
+fn filter() -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER))
+}
+
 pub fn init_stderr() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(filter())
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// Where the console's log goes: `edgeinfer.log` in the platform state folder (Linux:
+/// `$XDG_STATE_HOME/edgeinfer`, else `~/.local/state/edgeinfer`), or the data folder elsewhere.
+pub fn log_file_path() -> PathBuf {
+    let dir = crate::config::project_dirs()
+        .and_then(|d| d.state_dir().map(|p| p.to_path_buf()))
+        .unwrap_or_else(crate::config::data_dir);
+    dir.join("edgeinfer.log")
+}
+
+/// Appends logs to `path` (created with its folder). Keep the guard alive: dropping it flushes
+/// and stops the background writer.
+pub fn init_file(path: &std::path::Path) -> std::io::Result<tracing_appender::non_blocking::WorkerGuard> {
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    let (writer, guard) = tracing_appender::non_blocking(file);
+    let _ = tracing_subscriber::fmt().with_env_filter(filter()).with_ansi(false).with_writer(writer).try_init();
+    Ok(guard)
 }
