@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 pub mod dispatch;
 pub mod engine;
+pub mod fleet;
 pub mod headless;
 pub mod infer;
 pub mod logging;
