@@ -49,6 +49,60 @@ pub struct RunArgs {
     /// Write the per-interval time series (CSV) here at exit.
     #[arg(long, value_name = "FILE")]
     pub timeseries: Option<PathBuf>,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+}
+
+/// The built-in fleet's flags, shared by headless mode and `edgeinfer client`.
+#[derive(Debug, Args, Default, Clone)]
+pub struct FleetArgs {
+    /// Start the built-in fleet with N closed-loop clients.
+    #[arg(long, value_name = "N")]
+    pub clients: Option<usize>,
+    /// Ramp: add STEP clients every SECS seconds (e.g. 4/2), up to --max-clients.
+    #[arg(long, value_name = "STEP/SECS", value_parser = parse_ramp)]
+    pub ramp: Option<(usize, f64)>,
+    /// Ceiling of the ramp.
+    #[arg(long, value_name = "M")]
+    pub max_clients: Option<usize>,
+    /// Disable the emulated cellular uplink: requests go at loopback speed.
+    #[arg(long)]
+    pub no_link: bool,
+    /// Send these photos (JPEG/PNG) instead of synthetic images, scaled to each resolution.
+    #[arg(long, value_name = "DIR")]
+    pub images: Option<PathBuf>,
+}
+
+impl FleetArgs {
+    fn apply(&self, c: &mut crate::config::FleetConfig) {
+        if let Some(n) = self.clients {
+            c.clients = n;
+        }
+        if let Some((step, secs)) = self.ramp {
+            (c.ramp_step, c.ramp_every_s, c.ramp_at_start) = (step, secs, true);
+        }
+        if let Some(m) = self.max_clients {
+            c.max_clients = m;
+        }
+        if self.no_link {
+            c.link.enabled = false;
+        }
+        if let Some(d) = &self.images {
+            c.images = d.clone();
+        }
+    }
+}
+
+/// `STEP/SECS`, e.g. `4/2`: STEP clients every SECS seconds.
+fn parse_ramp(s: &str) -> Result<(usize, f64), String> {
+    let bad = || format!("--ramp takes STEP/SECS, e.g. 4/2, not {s:?}");
+    let (step, secs) = s.split_once('/').ok_or_else(bad)?;
+    let step: usize = step.trim().parse().map_err(|_| bad())?;
+    let secs: f64 = secs.trim().parse().map_err(|_| bad())?;
+    if step == 0 || !(secs.is_finite() && secs > 0.0) {
+        return Err(format!("--ramp {s}: STEP must be at least 1 and SECS positive"));
+    }
+    Ok((step, secs))
 }
 
 #[derive(Debug, Subcommand)]
@@ -73,6 +127,23 @@ pub enum Command {
     },
     /// Print where edgeinfer looks for its user config and keeps its data.
     Paths,
+    /// Run only the built-in fleet, against a server elsewhere: status lines, summary and time
+    /// series from the clients' side.
+    Client {
+        #[arg(long, default_value = "127.0.0.1:7878", value_name = "ADDR")]
+        connect: String,
+        /// The server's latency bound T in ms, if not the configured one: the client thresholds must exceed it.
+        #[arg(long, value_name = "MS")]
+        latency_bound_ms: Option<f64>,
+        #[arg(long, value_name = "SECS")]
+        duration: Option<f64>,
+        #[arg(long, value_name = "FILE")]
+        summary: Option<PathBuf>,
+        #[arg(long, value_name = "FILE")]
+        timeseries: Option<PathBuf>,
+        #[command(flatten)]
+        fleet: FleetArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,6 +179,19 @@ pub enum BenchCommand {
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
     },
+    /// Memory per client and errors with many concurrent fleet clients (server in-process).
+    Fleet {
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        #[arg(long, default_value_t = 20.0)]
+        secs: f64,
+        /// Disable the emulated uplink.
+        #[arg(long)]
+        no_link: bool,
+        /// Also write the results as JSON.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
 }
 
 fn parse_backend(s: &str) -> Result<BackendChoice, String> {
@@ -136,14 +220,26 @@ impl Cli {
         if let Some(p) = &r.policy {
             c.dispatch.policy = p.clone();
         }
+        let fleet = match &self.command {
+            Some(Command::Client { fleet, latency_bound_ms, .. }) => {
+                if let Some(t) = latency_bound_ms {
+                    c.dispatch.latency_bound_ms = *t;
+                }
+                fleet
+            }
+            _ => &r.fleet,
+        };
+        fleet.apply(&mut c.fleet);
         c.validate().map_err(|e| anyhow!("{e} (from the command line or config)"))?;
         Ok(c)
     }
 
     pub fn duration(&self) -> Result<Option<Duration>> {
-        self.run
-            .duration
-            .map(|s| Duration::try_from_secs_f64(s).map_err(|_| anyhow!("--duration must be a non-negative number of seconds")))
+        let secs = match &self.command {
+            Some(Command::Client { duration, .. }) => *duration,
+            _ => self.run.duration,
+        };
+        secs.map(|s| Duration::try_from_secs_f64(s).map_err(|_| anyhow!("--duration must be a non-negative number of seconds")))
             .transpose()
     }
 }
@@ -181,6 +277,23 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
             let hold = Duration::try_from_secs_f64(*hold).map_err(|_| anyhow!("--hold must be non-negative seconds"))?;
             let report = runtime.block_on(crate::bench::run_connections(cli.config.as_deref(), *count, hold))?;
             println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Bench { what: BenchCommand::Fleet { clients, secs, no_link, json } }) => {
+            let mut cfg = cli.config()?;
+            cfg.fleet.link.enabled &= !*no_link;
+            let report = runtime.block_on(crate::fleet::bench::run(cfg, *clients, *secs))?;
+            print!("{}", crate::fleet::bench::report(&report));
+            if let Some(p) = json {
+                crate::telemetry::summary::write_json(p, &report)?;
+            }
+            let clean = report.requests.errors == 0 && report.unanswered == 0;
+            Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(2) })
+        }
+        Some(Command::Client { connect, summary, timeseries, .. }) => {
+            let cfg = cli.config()?;
+            let opts = crate::headless::HeadlessOptions { duration: cli.duration()?, summary: summary.clone(), timeseries: timeseries.clone() };
+            runtime.block_on(crate::fleet::standalone::run(cfg, connect, opts))?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Paths) => {

@@ -4,13 +4,34 @@
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use crate::protocol::codec::frame_codec;
+use crate::protocol::frame::REQUEST_HEADER_LEN;
 use crate::protocol::{Request, Response};
+
+/// How a request's bytes reach the socket: all at once, or paced by an emulated link
+/// ([`crate::fleet::link::Link`]).
+pub trait Uplink: Sync {
+    /// Writes one whole frame, given as consecutive parts.
+    fn send(&self, socket: &mut TcpStream, parts: &[&[u8]]) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+}
+
+/// No emulated link: the bytes go as fast as the socket takes them.
+pub struct Direct;
+
+impl Uplink for Direct {
+    async fn send(&self, socket: &mut TcpStream, parts: &[&[u8]]) -> std::io::Result<()> {
+        for p in parts {
+            socket.write_all(p).await?;
+        }
+        Ok(())
+    }
+}
 
 /// Largest response a client accepts; responses are small (top-k, a name, a message).
 const MAX_RESPONSE_BYTES: usize = 1 << 20;
@@ -38,12 +59,22 @@ impl Client {
 
     /// Sends one image and waits for its response.
     pub async fn infer(&mut self, image: Bytes, resolution: u16) -> Result<Response> {
+        self.infer_via(image, resolution, &Direct).await
+    }
+
+    /// Sends one image through `uplink` (which decides how fast its bytes reach the socket) and
+    /// waits for its response. The image is written from its own buffer, never copied.
+    pub async fn infer_via(&mut self, image: Bytes, resolution: u16, uplink: &impl Uplink) -> Result<Response> {
         let request_id = self.next_id;
         self.next_id += 1;
         let req = Request { request_id, client_id: self.client_id, resolution, token: self.token.clone(), image };
-        let mut buf = BytesMut::new();
-        req.encode(&mut buf);
-        self.send_raw(buf.freeze()).await?;
+        let mut head = BytesMut::with_capacity(4 + REQUEST_HEADER_LEN + req.token.len());
+        let body_len = REQUEST_HEADER_LEN + req.token.len() + req.image.len();
+        head.put_u32(u32::try_from(body_len).context("request larger than 4 GiB")?);
+        req.encode_head(&mut head);
+        // The codec's write buffer is empty (frames are only ever sent whole), so writing to the
+        // socket directly keeps the byte stream framed.
+        uplink.send(self.framed.get_mut(), &[&head, &req.image]).await.context("cannot send request")?;
         let resp = self.recv().await?;
         if resp.request_id != request_id {
             bail!("response for request {} while waiting for {request_id}", resp.request_id);

@@ -19,6 +19,7 @@ pub struct Config {
     pub models: ModelsConfig,
     pub headless: HeadlessConfig,
     pub ui: UiConfig,
+    pub fleet: FleetConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -160,6 +161,94 @@ impl Default for UiConfig {
     }
 }
 
+/// The built-in client fleet (`[fleet]`): see `config.toml` for what each key means and why.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetConfig {
+    pub clients: usize,
+    pub ramp_at_start: bool,
+    pub ramp_step: usize,
+    pub ramp_every_s: f64,
+    pub max_clients: usize,
+    pub resolutions: Vec<u16>,
+    pub tc_lower_ms: f64,
+    pub tc_upper_ms: f64,
+    pub hold_responses: u32,
+    pub hold_ms: u64,
+    pub think_ms: u64,
+    pub jpeg_quality: u8,
+    pub images: PathBuf,
+    pub request_timeout_ms: u64,
+    pub link: LinkConfig,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        Self {
+            clients: 0,
+            ramp_at_start: false,
+            ramp_step: 4,
+            ramp_every_s: 2.0,
+            max_clients: 64,
+            resolutions: vec![224, 192, 160, 128, 96],
+            tc_lower_ms: 100.0,
+            tc_upper_ms: 200.0,
+            hold_responses: 2,
+            hold_ms: 500,
+            think_ms: 0,
+            jpeg_quality: 75,
+            images: PathBuf::new(),
+            request_timeout_ms: 30_000,
+            link: LinkConfig::default(),
+        }
+    }
+}
+
+/// The fleet's emulated cellular uplink (`[fleet.link]`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LinkConfig {
+    pub enabled: bool,
+    pub cell_mbps: f64,
+    pub client_cap_mbps: f64,
+    pub rtt_ms: f64,
+    pub chunk_bytes: usize,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        Self { enabled: true, cell_mbps: 20.0, client_cap_mbps: 5.0, rtt_ms: 40.0, chunk_bytes: 1460 }
+    }
+}
+
+impl FleetConfig {
+    /// `bound_ms` is the server's T, which both client thresholds must exceed (paper, section 3).
+    pub fn validate(&self, bound_ms: f64) -> std::result::Result<(), KeyError> {
+        if let Err((key, msg)) = crate::fleet::controller::check(&self.resolutions, self.tc_lower_ms, self.tc_upper_ms, bound_ms) {
+            let key = match key {
+                "resolutions" => "fleet.resolutions",
+                _ => "fleet.tc_lower_ms",
+            };
+            return Err(KeyError::new(key, msg));
+        }
+        let checks: [(bool, &'static str, &str); 9] = [
+            (self.ramp_step >= 1, "fleet.ramp_step", "must be at least 1"),
+            (self.ramp_every_s.is_finite() && self.ramp_every_s > 0.0, "fleet.ramp_every_s", "must be a positive number of seconds"),
+            (self.max_clients >= 1, "fleet.max_clients", "must be at least 1"),
+            ((1..=100).contains(&self.jpeg_quality), "fleet.jpeg_quality", "must be between 1 and 100"),
+            (self.request_timeout_ms >= 1, "fleet.request_timeout_ms", "must be at least 1"),
+            (self.link.cell_mbps.is_finite() && self.link.cell_mbps > 0.0, "fleet.link.cell_mbps", "must be a positive rate in Mbit/s"),
+            (self.link.client_cap_mbps.is_finite() && self.link.client_cap_mbps >= 0.0, "fleet.link.client_cap_mbps", "must be 0 (no cap) or a positive rate in Mbit/s"),
+            (self.link.rtt_ms.is_finite() && self.link.rtt_ms >= 0.0, "fleet.link.rtt_ms", "must be 0 or a positive number of milliseconds"),
+            (self.link.chunk_bytes >= 1, "fleet.link.chunk_bytes", "must be at least 1"),
+        ];
+        match checks.into_iter().find(|(ok, _, _)| !ok) {
+            Some((_, key, msg)) => Err(KeyError::new(key, msg)),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Where edgeinfer keeps per-user state. `None` when the platform gives no home folder.
 pub fn project_dirs() -> Option<directories::ProjectDirs> {
     directories::ProjectDirs::from("", "", "edgeinfer")
@@ -275,7 +364,7 @@ impl Config {
             return Err(KeyError::new("ui.theme", "must name a theme (e.g. \"dark\")"));
         }
         crate::ui::keymap::KeyMap::from_config(&ui.keys).map_err(|m| KeyError::new("ui.keys", m))?;
-        Ok(())
+        self.fleet.validate(d.latency_bound_ms)
     }
 }
 
@@ -394,6 +483,30 @@ mod tests {
         let e = c.validate().unwrap_err();
         assert_eq!(e.key, "dispatch.policy");
         assert!(e.message.contains("paper"));
+    }
+
+    #[test]
+    fn fleet_thresholds_must_be_ordered_and_above_t() {
+        let mut c = Config::default();
+        c.fleet.tc_lower_ms = 300.0;
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.key, "fleet.tc_lower_ms");
+        assert!(e.message.contains("below TC_upper"), "{}", e.message);
+        let mut c = Config::default();
+        c.dispatch.latency_bound_ms = 150.0;
+        let e = c.validate().unwrap_err();
+        assert!(e.message.contains("above the server's bound T"), "{}", e.message);
+        let mut c = Config::default();
+        c.fleet.link.chunk_bytes = 0;
+        assert_eq!(c.validate().unwrap_err().key, "fleet.link.chunk_bytes");
+    }
+
+    #[test]
+    fn nested_fleet_key_is_located() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "[fleet]\nclients = 2\n\n[fleet.link]\nrtt_ms = -1.0\n");
+        let err = format!("{:#}", Config::load(Some(&p)).unwrap_err());
+        assert!(err.contains("fleet.link.rtt_ms") && err.contains("c.toml:5"), "{err}");
     }
 
     #[test]

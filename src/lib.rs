@@ -9,6 +9,7 @@ pub mod control;
 pub mod dispatch;
 pub mod engine;
 pub mod experiment;
+pub mod fleet;
 pub mod headless;
 pub mod infer;
 pub mod logging;

@@ -130,8 +130,15 @@ pub fn peek_request_id(body: &[u8]) -> u64 {
 
 impl Request {
     pub fn encode(&self, out: &mut BytesMut) {
+        out.reserve(REQUEST_HEADER_LEN + self.token.len() + self.image.len());
+        self.encode_head(out);
+        out.put_slice(&self.image);
+    }
+
+    /// Everything before the image (header and token), so a sender can write the image straight
+    /// from its shared buffer instead of copying it into the frame.
+    pub fn encode_head(&self, out: &mut BytesMut) {
         let token = self.token.as_bytes();
-        out.reserve(REQUEST_HEADER_LEN + token.len() + self.image.len());
         out.put_u8(VERSION);
         out.put_u8(0);
         out.put_u16(u16::try_from(token.len()).expect("token longer than 64 KiB"));
@@ -140,7 +147,6 @@ impl Request {
         out.put_u16(self.resolution);
         out.put_u16(0);
         out.put_slice(token);
-        out.put_slice(&self.image);
     }
 
     /// Decodes one request body. The image is a zero-copy slice of `body`.

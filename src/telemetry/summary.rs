@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::{LatencySummary, Row, Telemetry};
 use crate::engine::Engine;
+use crate::fleet::stats::{ClientsSummary, Counts, FleetRow};
 
 #[derive(Debug, Serialize)]
 pub struct BackendSummary {
@@ -46,6 +47,15 @@ pub struct Summary {
     /// |dispatcher's predicted latency − actual queue wait + inference|.
     pub estimate_error_ms: LatencySummary,
     pub connections: super::ConnectionStats,
+    /// With the built-in fleet: latency as its clients measured it (uplink + server + return).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_latency_ms: Option<LatencySummary>,
+    /// With the built-in fleet: its requests sent, answered, and errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_requests: Option<Counts>,
+    /// With the built-in fleet: clients at the end and how many were at each resolution.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clients: Option<ClientsSummary>,
 }
 
 pub fn build(engine: &Engine, telemetry: &Telemetry) -> Summary {
@@ -80,6 +90,9 @@ pub fn build(engine: &Engine, telemetry: &Telemetry) -> Summary {
         throughput_rps: totals.requests as f64 / duration_s.max(1e-9),
         estimate_error_ms: totals.estimate_error_ms,
         connections: telemetry.connections(),
+        client_latency_ms: None,
+        client_requests: None,
+        clients: None,
     }
 }
 
@@ -94,20 +107,63 @@ fn opt(v: Option<f64>) -> String {
 
 /// `t_s, clients, rps, mean_accuracy, p50_ms, p99_ms`, then one queue-length column per model.
 pub fn write_csv(path: &Path, rows: &[Row], model_names: &[String]) -> Result<()> {
+    write_csv_with_fleet(path, rows, model_names, None)
+}
+
+/// [`write_csv`], plus with a fleet (its resolution ladder and its rows, one per server row) the
+/// client-observed `client_p50_ms, client_p99_ms` and one column per resolution (`r_224`, …:
+/// clients at that resolution).
+pub fn write_csv_with_fleet(path: &Path, rows: &[Row], model_names: &[String], fleet: Option<(&[u16], &[FleetRow])>) -> Result<()> {
     let mut out = Vec::new();
     write!(out, "t_s,clients,rps,mean_accuracy,p50_ms,p99_ms")?;
     for name in model_names {
         write!(out, ",q_{name}")?;
     }
+    if let Some((resolutions, _)) = fleet {
+        write!(out, ",client_p50_ms,client_p99_ms")?;
+        resolution_headers(&mut out, resolutions)?;
+    }
     writeln!(out)?;
-    for r in rows {
+    for (i, r) in rows.iter().enumerate() {
         write!(out, "{:.3},{},{:.2},{},{},{}", r.t_s, r.clients, r.rps, opt(r.mean_accuracy), opt(r.p50_ms), opt(r.p99_ms))?;
         for d in &r.queue_depths {
             write!(out, ",{d}")?;
         }
+        if let Some((resolutions, fleet_rows)) = fleet {
+            match fleet_rows.get(i) {
+                Some(f) => {
+                    write!(out, ",{},{}", opt(f.p50_ms), opt(f.p99_ms))?;
+                    resolution_cells(&mut out, &f.per_resolution)?;
+                }
+                None => write!(out, ",,{}", ",".repeat(resolutions.len()))?,
+            }
+        }
         writeln!(out)?;
     }
     std::fs::write(path, out).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The fleet's own time series (`edgeinfer client`, no server here): `t_s, clients, rps,
+/// mean_accuracy, p50_ms, p99_ms, errors` as the clients saw them, then `r_224`, ….
+pub fn write_fleet_csv(path: &Path, resolutions: &[u16], rows: &[FleetRow]) -> Result<()> {
+    let mut out = Vec::new();
+    write!(out, "t_s,clients,rps,mean_accuracy,p50_ms,p99_ms,errors")?;
+    resolution_headers(&mut out, resolutions)?;
+    writeln!(out)?;
+    for f in rows {
+        write!(out, "{:.3},{},{:.2},{},{},{},{}", f.t_s, f.clients, f.rps, opt(f.mean_accuracy), opt(f.p50_ms), opt(f.p99_ms), f.errors)?;
+        resolution_cells(&mut out, &f.per_resolution)?;
+        writeln!(out)?;
+    }
+    std::fs::write(path, out).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn resolution_headers(out: &mut Vec<u8>, resolutions: &[u16]) -> std::io::Result<()> {
+    resolutions.iter().try_for_each(|r| write!(out, ",r_{r}"))
+}
+
+fn resolution_cells(out: &mut Vec<u8>, per_resolution: &[usize]) -> std::io::Result<()> {
+    per_resolution.iter().try_for_each(|n| write!(out, ",{n}"))
 }
 
 #[cfg(test)]
@@ -135,5 +191,35 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "t_s,clients,rps,mean_accuracy,p50_ms,p99_ms,q_a,q_b");
         assert_eq!(lines[1], "1.000,2,10.00,65.250,,3.000,1,0");
+    }
+
+    #[test]
+    fn csv_with_fleet_has_one_column_per_resolution() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ts.csv");
+        let row = Row {
+            t_s: 1.0,
+            clients: 3,
+            rps: 10.0,
+            mean_accuracy: None,
+            p50_ms: None,
+            p99_ms: None,
+            queue_depths: vec![0],
+            served: vec![0],
+            errors: 0,
+            overloaded: 0,
+        };
+        let f = FleetRow { t_s: 1.0, clients: 3, rps: 9.0, mean_accuracy: None, p50_ms: Some(120.0), p99_ms: None, errors: 0, per_resolution: vec![2, 1] };
+        let rows = [row.clone(), row];
+        write_csv_with_fleet(&p, &rows, &["a".into()], Some((&[224, 96], std::slice::from_ref(&f)))).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "t_s,clients,rps,mean_accuracy,p50_ms,p99_ms,q_a,client_p50_ms,client_p99_ms,r_224,r_96");
+        assert_eq!(lines[1], "1.000,3,10.00,,,,0,120.000,,2,1");
+        // A server row without its fleet row keeps the column count.
+        assert_eq!(lines[2].split(',').count(), lines[0].split(',').count());
+        write_fleet_csv(&p, &[224, 96], &[f]).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(text, "t_s,clients,rps,mean_accuracy,p50_ms,p99_ms,errors,r_224,r_96\n1.000,3,9.00,,120.000,,0,2,1\n");
     }
 }

@@ -1,0 +1,95 @@
+//! `edgeinfer bench fleet`: how many clients one process holds, and what each costs in memory.
+//! A server (the configured ladder) and the fleet run in this process, over loopback TCP; the
+//! resident set is read before the clients start and after they have run, so the difference per
+//! client covers both ends of each connection (client task, buffers, the server's connection).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use super::stats::{ClientsSummary, Counts};
+use super::Fleet;
+use crate::config::Config;
+use crate::control::FleetControl;
+use crate::service::Service;
+use crate::telemetry::LatencySummary;
+
+#[derive(Debug, Serialize)]
+pub struct FleetBench {
+    pub clients: usize,
+    pub secs: f64,
+    pub link: bool,
+    pub rss_before_kb: u64,
+    pub rss_after_kb: u64,
+    pub kb_per_client: f64,
+    pub requests: Counts,
+    pub unanswered: u64,
+    pub client_latency_ms: LatencySummary,
+    pub clients_at_end: ClientsSummary,
+}
+
+/// Resident set size of this process, kB (Linux: /proc/self/status).
+pub fn rss_kb() -> Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").context("cannot read /proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS in /proc/self/status")
+}
+
+pub async fn run(mut config: Config, clients: usize, secs: f64) -> Result<FleetBench> {
+    config.fleet.clients = 0;
+    config.fleet.ramp_at_start = false;
+    let service = Service::start(config).await?;
+    let fleet = Fleet::start(&service.config.fleet, service.addr, Some(service.telemetry.clone())).await?;
+    let rss_before_kb = rss_kb()?;
+    eprintln!("edgeinfer: {clients} clients for {secs} s against {} (RSS before: {rss_before_kb} kB)", service.addr);
+    fleet.add_clients(clients);
+    let every = Duration::from_secs(1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(secs);
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(every.min(deadline - tokio::time::Instant::now())).await;
+        let r = fleet.tick();
+        eprintln!("  [{:>5.1}s] clients {} rps {:.1} p50 {} ms errors {}", r.t_s, r.clients, r.rps, crate::headless::fmt_opt(r.p50_ms, 1), r.errors);
+    }
+    let rss_after_kb = rss_kb()?;
+    let clients_at_end = fleet.clients_summary();
+    fleet.shutdown().await;
+    let requests = fleet.counts();
+    let client_latency_ms = fleet.stats().latency();
+    let link = service.config.fleet.link.enabled;
+    service.stop().await;
+    Ok(FleetBench {
+        clients,
+        secs,
+        link,
+        rss_before_kb,
+        rss_after_kb,
+        kb_per_client: rss_after_kb.saturating_sub(rss_before_kb) as f64 / clients.max(1) as f64,
+        requests,
+        unanswered: requests.unanswered(),
+        client_latency_ms,
+        clients_at_end,
+    })
+}
+
+pub fn report(b: &FleetBench) -> String {
+    format!(
+        "clients {} for {} s (emulated uplink {})\nRSS before {} kB, after {} kB: {:.1} kB per client\nrequests sent {}, answered {}, errors {}, unanswered {}\nclient latency p50 {} ms, p99 {} ms, max {} ms\n",
+        b.clients,
+        b.secs,
+        if b.link { "on" } else { "off" },
+        b.rss_before_kb,
+        b.rss_after_kb,
+        b.kb_per_client,
+        b.requests.sent,
+        b.requests.answered,
+        b.requests.errors,
+        b.unanswered,
+        crate::headless::fmt_opt(b.client_latency_ms.p50, 1),
+        crate::headless::fmt_opt(b.client_latency_ms.p99, 1),
+        crate::headless::fmt_opt(b.client_latency_ms.max, 1),
+    )
+}
