@@ -95,21 +95,14 @@ impl App {
                     tele.event("no built-in fleet attached: client keys (add/remove/ramp/pause) do nothing");
                     return;
                 };
+                // The fleet logs each change as an event itself (headless runs need that too).
                 match a {
-                    Action::AddClients(n) => {
-                        fleet.add_clients(n);
-                        tele.event(format!("added {n} client{} (now {})", plural(n), fleet.snapshot().clients.len()));
+                    Action::AddClients(n) => fleet.add_clients(n),
+                    Action::RemoveClients(n) => fleet.remove_clients(n),
+                    Action::ToggleRamp => {
+                        fleet.toggle_ramp();
                     }
-                    Action::RemoveClients(n) => {
-                        fleet.remove_clients(n);
-                        tele.event(format!("removed {n} client{} (now {})", plural(n), fleet.snapshot().clients.len()));
-                    }
-                    Action::ToggleRamp => tele.event(if fleet.toggle_ramp() { "ramp started" } else { "ramp stopped" }),
-                    _ => {
-                        let pause = !fleet.snapshot().paused;
-                        fleet.set_paused(pause);
-                        tele.event(if pause { "fleet paused" } else { "fleet resumed" });
-                    }
+                    _ => fleet.set_paused(!fleet.snapshot().paused),
                 }
             }
             Action::CycleTheme => {
@@ -187,10 +180,3 @@ impl App {
     }
 }
 
-fn plural(n: usize) -> &'static str {
-    if n == 1 {
-        ""
-    } else {
-        "s"
-    }
-}

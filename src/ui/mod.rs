@@ -38,7 +38,12 @@ pub fn run(runtime: &tokio::runtime::Runtime, config: Config, opts: ConsoleOptio
     // Loading and warming the ladder takes seconds; say so before the screen switches.
     eprintln!("edgeinfer: loading models…");
     let ui = config.ui.clone();
+    let fleet_cfg = config.fleet.clone();
     let service = runtime.block_on(Service::start(config))?;
+    // The built-in fleet always runs under the console (with `fleet.clients`, often 0), so the
+    // client keys have something to act on.
+    let fleet = runtime.block_on(crate::fleet::Fleet::start(&fleet_cfg, service.addr, Some(service.telemetry.clone())))?;
+    service.control.attach_fleet(fleet.clone());
     let mut app = App::new(NodeInfo::of(&service.engine, service.addr), service.control.clone(), &ui, opts.theme.as_deref());
     app.log_path = opts.log_path;
     let stop = Arc::new(AtomicBool::new(false));
@@ -57,6 +62,8 @@ pub fn run(runtime: &tokio::runtime::Runtime, config: Config, opts: ConsoleOptio
     let cpu = cpu_share(cpu0, wall0);
     let telemetry = service.telemetry.clone();
     let engine = service.engine.clone();
+    // The fleet first, so every request it sent is answered before the server stops.
+    runtime.block_on(fleet.shutdown());
     runtime.block_on(service.stop());
     println!("{}", crate::headless::done_line(&crate::telemetry::summary::build(&engine, &telemetry)));
     if let Some(pct) = cpu {

@@ -162,10 +162,6 @@ fn fleet_keys_drive_the_fleet() {
     assert!(f.snapshot().paused);
     a.handle_key(&key('p'));
     assert!(!f.snapshot().paused);
-    let events: Vec<String> = c.telemetry.events().into_iter().map(|e| e.text).collect();
-    for want in ["added 1 client (now 1)", "added 10 clients (now 11)", "removed 10 clients (now 0)", "ramp started", "fleet paused", "fleet resumed"] {
-        assert!(events.iter().any(|e| e == want), "{want:?} not in {events:?}");
-    }
 }
 
 #[test]
