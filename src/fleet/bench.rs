@@ -1,7 +1,9 @@
 //! `edgeinfer bench fleet`: how many clients one process holds, and what each costs in memory.
-//! A server (the configured ladder) and the fleet run in this process, over loopback TCP; the
-//! resident set is read before the clients start and after they have run, so the difference per
-//! client covers both ends of each connection (client task, buffers, the server's connection).
+//! By default a server (the configured ladder) and the fleet run in this process, over loopback
+//! TCP, so the difference in resident set per client covers both ends of each connection and the
+//! server's work in flight (each queued request holds its decoded image and input tensor). With
+//! `--connect ADDR` only the fleet runs here, against a server in another process: the
+//! difference is then the clients' own cost.
 
 use std::time::Duration;
 
@@ -17,6 +19,8 @@ use crate::telemetry::LatencySummary;
 
 #[derive(Debug, Serialize)]
 pub struct FleetBench {
+    /// Whether the server ran in this process (its memory then counts too).
+    pub in_process_server: bool,
     pub clients: usize,
     pub secs: f64,
     pub link: bool,
@@ -39,13 +43,21 @@ pub fn rss_kb() -> Result<u64> {
         .context("no VmRSS in /proc/self/status")
 }
 
-pub async fn run(mut config: Config, clients: usize, secs: f64) -> Result<FleetBench> {
+pub async fn run(mut config: Config, clients: usize, secs: f64, connect: Option<&str>) -> Result<FleetBench> {
     config.fleet.clients = 0;
     config.fleet.ramp_at_start = false;
-    let service = Service::start(config).await?;
-    let fleet = Fleet::start(&service.config.fleet, service.addr, Some(service.telemetry.clone())).await?;
+    let (service, addr) = match connect {
+        Some(a) => (None, tokio::net::lookup_host(a).await?.next().with_context(|| format!("{a} resolves to no address"))?),
+        None => {
+            let s = Service::start(config.clone()).await?;
+            let addr = s.addr;
+            (Some(s), addr)
+        }
+    };
+    let fleet = Fleet::start(&config.fleet, addr, service.as_ref().map(|s| s.telemetry.clone())).await?;
     let rss_before_kb = rss_kb()?;
-    eprintln!("edgeinfer: {clients} clients for {secs} s against {} (RSS before: {rss_before_kb} kB)", service.addr);
+    let place = if service.is_some() { "in-process server" } else { "server in another process" };
+    eprintln!("edgeinfer: {clients} clients for {secs} s against {addr} ({place}; RSS before: {rss_before_kb} kB)");
     fleet.add_clients(clients);
     let every = Duration::from_secs(1);
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(secs);
@@ -59,12 +71,14 @@ pub async fn run(mut config: Config, clients: usize, secs: f64) -> Result<FleetB
     fleet.shutdown().await;
     let requests = fleet.counts();
     let client_latency_ms = fleet.stats().latency();
-    let link = service.config.fleet.link.enabled;
-    service.stop().await;
+    if let Some(s) = service {
+        s.stop().await;
+    }
     Ok(FleetBench {
+        in_process_server: connect.is_none(),
         clients,
         secs,
-        link,
+        link: config.fleet.link.enabled,
         rss_before_kb,
         rss_after_kb,
         kb_per_client: rss_after_kb.saturating_sub(rss_before_kb) as f64 / clients.max(1) as f64,
@@ -77,10 +91,11 @@ pub async fn run(mut config: Config, clients: usize, secs: f64) -> Result<FleetB
 
 pub fn report(b: &FleetBench) -> String {
     format!(
-        "clients {} for {} s (emulated uplink {})\nRSS before {} kB, after {} kB: {:.1} kB per client\nrequests sent {}, answered {}, errors {}, unanswered {}\nclient latency p50 {} ms, p99 {} ms, max {} ms\n",
+        "clients {} for {} s (emulated uplink {}, {})\nRSS before {} kB, after {} kB: {:.1} kB per client\nrequests sent {}, answered {}, errors {}, unanswered {}\nclient latency p50 {} ms, p99 {} ms, max {} ms\n",
         b.clients,
         b.secs,
         if b.link { "on" } else { "off" },
+        if b.in_process_server { "server in this process" } else { "fleet only" },
         b.rss_before_kb,
         b.rss_after_kb,
         b.kb_per_client,

@@ -142,13 +142,13 @@ fn scene(side: u32, seed: u64) -> RgbImage {
     let shapes: Vec<(Shape, [f32; 3], f32)> = (0..12)
         .map(|_| {
             let (a, b, c) = (rng.unit(), rng.unit(), rng.unit());
-            let shape = if rng.next() % 2 == 0 {
+            let shape = if rng.next().is_multiple_of(2) {
                 Shape::Disc { cx: a, cy: b, r: 0.05 + 0.2 * c }
             } else {
                 Shape::Rect { x0: a - 0.25 * c, y0: b - 0.15, x1: a + 0.25 * c, y1: b + 0.1 + 0.2 * c }
             };
             // Stripe frequency in cycles per image side; 0: a plain fill with shading only.
-            let stripes = if rng.next() % 3 == 0 { 4.0 + 20.0 * rng.unit() } else { 0.0 };
+            let stripes = if rng.next().is_multiple_of(3) { 4.0 + 20.0 * rng.unit() } else { 0.0 };
             (shape, rng.colour(), stripes)
         })
         .collect();
@@ -163,7 +163,7 @@ fn scene(side: u32, seed: u64) -> RgbImage {
         for (shape, colour, stripes) in &shapes {
             if shape.contains(x, y) {
                 let shade = 0.75 + 0.25 * x;
-                let stripe = if *stripes > 0.0 { 0.8 + 0.2 * (x * stripes * 6.283).sin() } else { 1.0 };
+                let stripe = if *stripes > 0.0 { 0.8 + 0.2 * (x * stripes * std::f32::consts::TAU).sin() } else { 1.0 };
                 for (ch, v) in c.iter_mut().enumerate() {
                     *v = colour[ch] * shade * stripe;
                 }
