@@ -125,6 +125,15 @@ pub enum Command {
         #[command(subcommand)]
         what: BenchCommand,
     },
+    /// Reproduce the paper's figures and compare policies with the optimum (CSV, SVG, report.md).
+    Experiment {
+        /// Output folder.
+        #[arg(long, default_value = "out/experiment", value_name = "DIR")]
+        out: PathBuf,
+        /// A short variant (under two minutes).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Print where edgeinfer looks for its user config and keeps its data.
     Paths,
     /// Run only the built-in fleet, against a server elsewhere: status lines, summary and time
@@ -297,6 +306,12 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
             let cfg = cli.config()?;
             let opts = crate::headless::HeadlessOptions { duration: cli.duration()?, summary: summary.clone(), timeseries: timeseries.clone() };
             runtime.block_on(crate::fleet::standalone::run(cfg, connect, opts))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Experiment { out, quick }) => {
+            let opts = crate::experiment::ExperimentOptions { out: out.clone(), quick: *quick };
+            let report = crate::experiment::run(&runtime, cli.config()?, &opts)?;
+            println!("experiment: report written to {}", report.display());
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Paths) => {

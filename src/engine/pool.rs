@@ -5,6 +5,7 @@
 //! while all queues share the same cores.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -15,7 +16,7 @@ use tokio::sync::oneshot;
 
 use super::preprocess;
 use super::worker::{execute, Infer, JobOutcome};
-use crate::dispatch::policy::{late_choice, LateView};
+use crate::dispatch::policy::{late_choice, next_margin, LateView, INITIAL_MARGIN};
 use crate::dispatch::Dispatcher;
 use crate::models::ModelSpec;
 
@@ -41,6 +42,8 @@ pub struct PoolOutcome {
 struct Queue {
     jobs: Mutex<(VecDeque<PoolJob>, bool)>,
     ready: Condvar,
+    /// The policy's cost margin (f64 bits), learned from missed deadlines; see `next_margin`.
+    margin: AtomicU64,
 }
 
 pub struct Pool {
@@ -56,7 +59,11 @@ impl Pool {
         dispatcher: Arc<Dispatcher>,
         k: usize,
     ) -> std::io::Result<Pool> {
-        let queue = Arc::new(Queue { jobs: Mutex::new((VecDeque::new(), false)), ready: Condvar::new() });
+        let queue = Arc::new(Queue {
+            jobs: Mutex::new((VecDeque::new(), false)),
+            ready: Condvar::new(),
+            margin: AtomicU64::new(INITIAL_MARGIN.to_bits()),
+        });
         let workers = model_sets.len();
         let mut threads = Vec::with_capacity(workers);
         for (w, models) in model_sets.into_iter().enumerate() {
@@ -64,6 +71,11 @@ impl Pool {
             threads.push(std::thread::Builder::new().name(format!("pool-{w}")).spawn(move || run(models, &q, &s, &d, k, workers))?);
         }
         Ok(Pool { queue, threads: Mutex::new(threads) })
+    }
+
+    /// The policy's current cost margin.
+    pub fn margin(&self) -> f64 {
+        f64::from_bits(self.queue.margin.load(Ordering::Relaxed))
     }
 
     /// Requests waiting for a worker.
@@ -114,11 +126,16 @@ fn run(mut models: Vec<Box<dyn Infer>>, queue: &Queue, specs: &[ModelSpec], disp
             behind,
             newest_waited_us,
             workers,
+            margin: f64::from_bits(queue.margin.load(Ordering::Relaxed)),
         });
         dispatcher.begin(choice.queue);
         let tensor = preprocess::to_tensor(&job.image, &specs[choice.queue].input);
         let resize_us = taken.elapsed().as_micros() as u64;
         let (result, inference_us) = execute(&mut models[choice.queue], choice.queue, &tensor, dispatcher, k);
+        // Learn from the outcome. Workers race on this update; a lost step is harmless.
+        let missed = job.arrival.elapsed().as_secs_f64() * 1e3 > dispatcher.bound_ms();
+        let m = next_margin(f64::from_bits(queue.margin.load(Ordering::Relaxed)), missed);
+        queue.margin.store(m.to_bits(), Ordering::Relaxed);
         let queue_us = taken.duration_since(job.enqueued).as_micros() as u64;
         // Predicted queue wait + inference, comparable with the per-queue policies' estimates.
         let estimate_us = queue_us as f64 + costs[choice.queue];

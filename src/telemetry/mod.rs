@@ -57,6 +57,8 @@ pub struct Row {
     pub errors: u64,
     /// Of `errors`, those refused by admission control (`overloaded`).
     pub overloaded: u64,
+    /// Fraction of the interval's served requests within T.
+    pub slo_attainment: Option<f64>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -78,6 +80,7 @@ struct Inner {
     interval_requests: u64,
     interval_errors: u64,
     interval_overloaded: u64,
+    interval_within_bound: u64,
     last_tick: Instant,
     models: Vec<ModelStats>,
     requests: u64,
@@ -132,6 +135,7 @@ impl Telemetry {
                 interval_requests: 0,
                 interval_errors: 0,
                 interval_overloaded: 0,
+                interval_within_bound: 0,
                 last_tick: now,
                 models: (0..n).map(|_| ModelStats { served: 0, inference: histogram() }).collect(),
                 requests: 0,
@@ -189,6 +193,7 @@ impl Telemetry {
         record(&mut g.interval_latency, total);
         if (total as f64) <= bound_ms * 1000.0 {
             g.within_bound += 1;
+            g.interval_within_bound += 1;
         }
         if let Some(m) = r.model.filter(|m| *m < self.accuracies.len()) {
             let acc = self.accuracies[m] as f64;
@@ -222,12 +227,14 @@ impl Telemetry {
             served: std::mem::replace(&mut g.interval_served, vec![0; self.accuracies.len()]),
             errors: g.interval_errors,
             overloaded: g.interval_overloaded,
+            slo_attainment: (served_total > 0).then(|| g.interval_within_bound as f64 / served_total as f64),
         };
         g.interval_latency.reset();
         g.interval_acc_sum = 0.0;
         g.interval_requests = 0;
         g.interval_errors = 0;
         g.interval_overloaded = 0;
+        g.interval_within_bound = 0;
         g.last_tick = now;
         g.rows.push(row.clone());
         row
@@ -353,6 +360,7 @@ mod tests {
         t.record(&ok(1, 5_000), 20.0);
         let r1 = t.tick(vec![3, 0], 7);
         assert_eq!(r1.mean_accuracy, Some(60.0));
+        assert_eq!(r1.slo_attainment, Some(1.0));
         assert_eq!(r1.served, vec![1, 1]);
         assert_eq!((r1.clients, r1.queue_depths.clone()), (7, vec![3, 0]));
         let r2 = t.tick(vec![0, 0], 7);

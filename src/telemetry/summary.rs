@@ -185,6 +185,7 @@ mod tests {
             served: vec![5, 5],
             errors: 0,
             overloaded: 0,
+            slo_attainment: None,
         };
         write_csv(&p, &[row], &["a".into(), "b".into()]).unwrap();
         let text = std::fs::read_to_string(&p).unwrap();
@@ -208,6 +209,7 @@ mod tests {
             served: vec![0],
             errors: 0,
             overloaded: 0,
+            slo_attainment: None,
         };
         let f = FleetRow { t_s: 1.0, clients: 3, rps: 9.0, mean_accuracy: None, p50_ms: Some(120.0), p99_ms: None, errors: 0, per_resolution: vec![2, 1] };
         let rows = [row.clone(), row];

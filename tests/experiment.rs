@@ -1,0 +1,45 @@
+//! `edgeinfer experiment --quick` runs end to end and produces every file it promises.
+
+mod common;
+
+use std::process::Command;
+
+#[test]
+fn quick_experiment_produces_every_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = common::tiny_ladder(dir.path());
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, format!("[models]\nmanifest = \"{}\"\n[dispatch]\nwarmup_runs = 2\n", manifest.display())).unwrap();
+    let out = dir.path().join("out");
+    let run = Command::new(env!("CARGO_BIN_EXE_edgeinfer"))
+        .args(["experiment", "--quick", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let mut files = vec!["figure1.csv".to_string(), "figure1_accuracy_vs_cost.svg".into(), "report.md".into()];
+    for p in edgeinfer::experiment::POLICIES {
+        files.extend([format!("ramp_{p}.csv"), format!("summary_{p}.json"), format!("figure3_{p}.svg")]);
+    }
+    for f in &files {
+        let path = out.join(f);
+        let len = std::fs::metadata(&path).unwrap_or_else(|_| panic!("{f} missing")).len();
+        assert!(len > 100, "{f} is nearly empty ({len} bytes)");
+    }
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for p in edgeinfer::experiment::POLICIES {
+        assert!(report.contains(&format!("### `{p}`")), "report lacks the {p} table");
+    }
+    assert!(report.contains("Estimator accuracy") && report.contains("optimum"));
+    // Every policy served the ramp without errors, and the ramp reached its top.
+    for p in edgeinfer::experiment::POLICIES {
+        let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join(format!("summary_{p}.json"))).unwrap()).unwrap();
+        assert_eq!(s["errors"], 0, "{p}: {s}");
+        assert_eq!(s["policy"], *p);
+        assert_eq!(s["clients"]["final"], 16, "{p}");
+    }
+    let svg = std::fs::read_to_string(out.join("figure3_paper.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("polyline"), "a real line chart");
+}
