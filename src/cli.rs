@@ -200,6 +200,9 @@ pub enum BenchCommand {
         /// Run only the fleet, against this server (default: a server in this process).
         #[arg(long, value_name = "ADDR")]
         connect: Option<String>,
+        /// Seconds after which RSS is taken as the baseline for growth (soak runs).
+        #[arg(long, default_value_t = 0.0)]
+        warmup: f64,
         /// Also write the results as JSON.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
@@ -269,6 +272,7 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
             None
         }
     };
+    crate::logging::count_panics();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match &cli.command {
         Some(Command::Infer { connect, json, token, images }) => {
@@ -291,15 +295,15 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Bench { what: BenchCommand::Fleet { clients, secs, no_link, connect, json } }) => {
+        Some(Command::Bench { what: BenchCommand::Fleet { clients, secs, no_link, connect, warmup, json } }) => {
             let mut cfg = cli.config()?;
             cfg.fleet.link.enabled &= !*no_link;
-            let report = runtime.block_on(crate::fleet::bench::run(cfg, *clients, *secs, connect.as_deref()))?;
+            let report = runtime.block_on(crate::fleet::bench::run(cfg, *clients, *secs, *warmup, connect.as_deref()))?;
             print!("{}", crate::fleet::bench::report(&report));
             if let Some(p) = json {
                 crate::telemetry::summary::write_json(p, &report)?;
             }
-            let clean = report.requests.errors == 0 && report.unanswered == 0;
+            let clean = report.requests.errors == 0 && report.unanswered == 0 && report.panics == 0;
             Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(2) })
         }
         Some(Command::Client { connect, summary, timeseries, .. }) => {

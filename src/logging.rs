@@ -39,3 +39,19 @@ pub fn init_file(path: &std::path::Path) -> std::io::Result<tracing_appender::no
     let _ = tracing_subscriber::fmt().with_env_filter(filter()).with_ansi(false).with_writer(writer).try_init();
     Ok(guard)
 }
+
+static PANICS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Counts every panic in the process (caught ones too, e.g. a model worker's), then runs the
+/// previous hook. Soak runs report the count.
+pub fn count_panics() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        previous(info);
+    }));
+}
+
+pub fn panics() -> u64 {
+    PANICS.load(std::sync::atomic::Ordering::Relaxed)
+}

@@ -120,21 +120,16 @@ fn huge_png_header() -> Vec<u8> {
     p
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_clients_are_spread_down_the_ladder_under_a_tight_bound() {
-    let dir = tempfile::tempdir().unwrap();
-    let svc = common::start(dir.path(), BackendChoice::Auto).await;
-    // A bound below the most accurate model's own cost pushes requests down the ladder.
-    let ewma0 = svc.engine.dispatcher.snapshot()[0].ewma_us / 1000.0;
-    svc.engine.dispatcher.set_bound_ms(ewma0 * 0.9);
-    let addr = svc.addr;
-    let tasks: Vec<_> = (0..8)
+/// `clients` concurrent closed loops of `each` JPEG requests at `side` px; every answer must be
+/// `ok`. Returns the ladder index that served each request.
+async fn load(addr: std::net::SocketAddr, clients: u32, each: usize, side: u32) -> Vec<u16> {
+    let tasks: Vec<_> = (0..clients)
         .map(|i| {
             tokio::spawn(async move {
                 let mut c = Client::connect(addr, i).await.unwrap();
-                let mut models = Vec::new();
-                for _ in 0..10 {
-                    let r = c.infer(common::jpeg(64, 64).into(), 64).await.unwrap();
+                let mut models = Vec::with_capacity(each);
+                for _ in 0..each {
+                    let r = c.infer(common::jpeg(side, side).into(), side as u16).await.unwrap();
                     assert_eq!(r.status, Status::Ok, "{}", r.message);
                     models.push(r.model.unwrap().index);
                 }
@@ -142,11 +137,23 @@ async fn concurrent_clients_are_spread_down_the_ladder_under_a_tight_bound() {
             })
         })
         .collect();
-    let mut served = [0usize; 3];
+    let mut all = Vec::new();
     for t in tasks {
-        for m in t.await.unwrap() {
-            served[m as usize] += 1;
-        }
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clients_are_spread_down_the_ladder_under_a_tight_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = common::start(dir.path(), BackendChoice::Auto).await;
+    // A bound below the most accurate model's own cost pushes requests down the ladder.
+    let ewma0 = svc.engine.dispatcher.snapshot()[0].ewma_us / 1000.0;
+    svc.engine.dispatcher.set_bound_ms(ewma0 * 0.9);
+    let mut served = [0usize; 3];
+    for m in load(svc.addr, 8, 10, 64).await {
+        served[m as usize] += 1;
     }
     assert_eq!(served.iter().sum::<usize>(), 80);
     assert!(served[1] + served[2] > 0, "tight bound must use cheaper models: {served:?}");
@@ -187,25 +194,7 @@ async fn deadline_policy_serves_from_a_shared_pool_and_moves_down_under_load() {
     // A bound tighter than the best model's cost: the pool must pick cheaper models.
     let ewma0 = svc.engine.dispatcher.snapshot()[0].ewma_us / 1000.0;
     svc.engine.dispatcher.set_bound_ms(ewma0);
-    let addr = svc.addr;
-    let tasks: Vec<_> = (0..6)
-        .map(|i| {
-            tokio::spawn(async move {
-                let mut c = Client::connect(addr, i).await.unwrap();
-                let mut models = Vec::new();
-                for _ in 0..10 {
-                    let r = c.infer(common::jpeg(96, 96).into(), 96).await.unwrap();
-                    assert_eq!(r.status, Status::Ok, "{}", r.message);
-                    models.push(r.model.unwrap().index);
-                }
-                models
-            })
-        })
-        .collect();
-    let mut lower = 0;
-    for t in tasks {
-        lower += t.await.unwrap().iter().filter(|m| **m > 0).count();
-    }
+    let lower = load(svc.addr, 6, 10, 96).await.iter().filter(|m| **m > 0).count();
     assert!(lower > 0, "a tight bound must use cheaper models");
     assert!(common::eventually(5, || svc.telemetry.totals().requests == 61).await);
     assert_eq!(svc.telemetry.totals().errors, 0);

@@ -27,6 +27,12 @@ pub struct FleetBench {
     pub rss_before_kb: u64,
     pub rss_after_kb: u64,
     pub kb_per_client: f64,
+    /// RSS once `warmup_s` had passed, and growth from there to the end (a soak's leak check).
+    pub warmup_s: f64,
+    pub rss_after_warmup_kb: u64,
+    pub growth_after_warmup_pct: f64,
+    /// Panics anywhere in the process during the run (caught ones included).
+    pub panics: u64,
     pub requests: Counts,
     pub unanswered: u64,
     pub client_latency_ms: LatencySummary,
@@ -35,15 +41,10 @@ pub struct FleetBench {
 
 /// Resident set size of this process, kB (Linux: /proc/self/status).
 pub fn rss_kb() -> Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").context("cannot read /proc/self/status")?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS in /proc/self/status")
+    crate::bench::rss_kib(std::process::id()).context("cannot read VmRSS from /proc/self/status")
 }
 
-pub async fn run(mut config: Config, clients: usize, secs: f64, connect: Option<&str>) -> Result<FleetBench> {
+pub async fn run(mut config: Config, clients: usize, secs: f64, warmup_s: f64, connect: Option<&str>) -> Result<FleetBench> {
     config.fleet.clients = 0;
     config.fleet.ramp_at_start = false;
     let (service, addr) = match connect {
@@ -58,15 +59,22 @@ pub async fn run(mut config: Config, clients: usize, secs: f64, connect: Option<
     let rss_before_kb = rss_kb()?;
     let place = if service.is_some() { "in-process server" } else { "server in another process" };
     eprintln!("edgeinfer: {clients} clients for {secs} s against {addr} ({place}; RSS before: {rss_before_kb} kB)");
+    let panics_before = crate::logging::panics();
     fleet.add_clients(clients);
     let every = Duration::from_secs(1);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(secs);
+    let start = tokio::time::Instant::now();
+    let deadline = start + Duration::from_secs_f64(secs);
+    let mut rss_after_warmup_kb = None;
     while tokio::time::Instant::now() < deadline {
         tokio::time::sleep(every.min(deadline - tokio::time::Instant::now())).await;
+        if rss_after_warmup_kb.is_none() && start.elapsed().as_secs_f64() >= warmup_s {
+            rss_after_warmup_kb = Some(rss_kb()?);
+        }
         let r = fleet.tick();
-        eprintln!("  [{:>5.1}s] clients {} rps {:.1} p50 {} ms errors {}", r.t_s, r.clients, r.rps, crate::headless::fmt_opt(r.p50_ms, 1), r.errors);
+        eprintln!("  [{:>5.1}s] clients {} rps {:.1} p50 {} ms errors {} rss {} kB", r.t_s, r.clients, r.rps, crate::headless::fmt_opt(r.p50_ms, 1), r.errors, rss_kb().unwrap_or(0));
     }
     let rss_after_kb = rss_kb()?;
+    let rss_after_warmup_kb = rss_after_warmup_kb.unwrap_or(rss_after_kb);
     let clients_at_end = fleet.clients_summary();
     fleet.shutdown().await;
     let requests = fleet.counts();
@@ -82,6 +90,10 @@ pub async fn run(mut config: Config, clients: usize, secs: f64, connect: Option<
         rss_before_kb,
         rss_after_kb,
         kb_per_client: rss_after_kb.saturating_sub(rss_before_kb) as f64 / clients.max(1) as f64,
+        warmup_s,
+        rss_after_warmup_kb,
+        growth_after_warmup_pct: (rss_after_kb as f64 - rss_after_warmup_kb as f64) / rss_after_warmup_kb.max(1) as f64 * 100.0,
+        panics: crate::logging::panics() - panics_before,
         requests,
         unanswered: requests.unanswered(),
         client_latency_ms,
@@ -91,7 +103,7 @@ pub async fn run(mut config: Config, clients: usize, secs: f64, connect: Option<
 
 pub fn report(b: &FleetBench) -> String {
     format!(
-        "clients {} for {} s (emulated uplink {}, {})\nRSS before {} kB, after {} kB: {:.1} kB per client\nrequests sent {}, answered {}, errors {}, unanswered {}\nclient latency p50 {} ms, p99 {} ms, max {} ms\n",
+        "clients {} for {} s (emulated uplink {}, {})\nRSS before {} kB, after {} kB: {:.1} kB per client\nRSS after {} s warm-up {} kB, growth since {:+.2}%\nrequests sent {}, answered {}, errors {}, unanswered {}, panics {}\nclient latency p50 {} ms, p99 {} ms, max {} ms\n",
         b.clients,
         b.secs,
         if b.link { "on" } else { "off" },
@@ -99,10 +111,14 @@ pub fn report(b: &FleetBench) -> String {
         b.rss_before_kb,
         b.rss_after_kb,
         b.kb_per_client,
+        b.warmup_s,
+        b.rss_after_warmup_kb,
+        b.growth_after_warmup_pct,
         b.requests.sent,
         b.requests.answered,
         b.requests.errors,
         b.unanswered,
+        b.panics,
         crate::headless::fmt_opt(b.client_latency_ms.p50, 1),
         crate::headless::fmt_opt(b.client_latency_ms.p99, 1),
         crate::headless::fmt_opt(b.client_latency_ms.max, 1),

@@ -48,17 +48,22 @@ pub struct ConsoleBench {
 
 pub fn run(runtime: &tokio::runtime::Runtime, config: Config, o: BenchOptions) -> Result<ConsoleBench> {
     let ui = config.ui.clone();
+    let fleet_cfg = config.fleet.clone();
     let service = runtime.block_on(Service::start(config))?;
     let control = service.control.clone();
-    let (fleet, fleet_kind) = match control.fleet() {
-        Some(f) => (f, "built-in"),
+    // The real built-in fleet, as the console runs it; a stand-in only if it cannot start.
+    let real = runtime
+        .block_on(crate::fleet::Fleet::start(&fleet_cfg, service.addr, Some(service.telemetry.clone())))
+        .inspect_err(|e| tracing::warn!("built-in fleet unavailable ({e:#}); listing a stand-in"))
+        .ok();
+    let (fleet, fleet_kind): (Arc<dyn crate::control::FleetControl>, &'static str) = match &real {
+        Some(f) => (f.clone(), "built-in"),
         None => {
             let t = control.bound_ms();
-            let f = Arc::new(StandInFleet::new(vec![224, 192, 160, 128], t * 1.6, t * 3.0));
-            control.attach_fleet(f.clone());
-            (f as Arc<dyn crate::control::FleetControl>, "stand-in")
+            (Arc::new(StandInFleet::new(vec![224, 192, 160, 128], t * 1.6, t * 3.0)), "stand-in")
         }
     };
+    control.attach_fleet(fleet.clone());
     fleet.add_clients(o.clients);
     let stop = CancellationToken::new();
     let load = if fleet_kind == "stand-in" { o.load } else { 0 };
@@ -78,6 +83,9 @@ pub fn run(runtime: &tokio::runtime::Runtime, config: Config, o: BenchOptions) -
     let wall = wall0.elapsed().as_secs_f64();
     stop.cancel();
     let requests = service.telemetry.totals().requests;
+    if let Some(f) = &real {
+        runtime.block_on(f.shutdown());
+    }
     runtime.block_on(service.stop());
     Ok(ConsoleBench {
         seconds: wall,
