@@ -80,6 +80,8 @@ pub fn run(runtime: &tokio::runtime::Runtime, config: Config, o: BenchOptions) -
     };
     app.run(&mut terminal, input, || wall0.elapsed() >= secs)?;
     let cpu = super::cpu_share(cpu0, wall0);
+    // Counted while the clients still run: the fleet is empty once shut down.
+    let listed = fleet.snapshot().clients.len();
     let wall = wall0.elapsed().as_secs_f64();
     stop.cancel();
     let requests = service.telemetry.totals().requests;
@@ -89,7 +91,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, config: Config, o: BenchOptions) -
     runtime.block_on(service.stop());
     Ok(ConsoleBench {
         seconds: wall,
-        clients: fleet.snapshot().clients.len(),
+        clients: listed,
         fleet: fleet_kind,
         load_connections: load,
         screen: format!("{}x{}", o.width, o.height),
