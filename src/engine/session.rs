@@ -3,8 +3,9 @@
 use std::borrow::Cow;
 
 use anyhow::{anyhow, bail, Context, Result};
-use ort::session::Session;
-use ort::value::TensorRef;
+use ort::memory::Allocator;
+use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session};
+use ort::value::{Tensor, TensorElementType, TensorRef, ValueType};
 
 use crate::models::{Layout, ModelSpec, OutputKind};
 
@@ -13,6 +14,11 @@ pub struct ModelSession {
     input_name: String,
     shape: [i64; 4],
     output: OutputKind,
+    /// Run options with the first output preallocated, when its shape is static. Besides saving
+    /// an allocation per run, this avoids a leak in ort 2.0.0-rc.14: an output the session
+    /// allocates itself goes through `Value::from_session_output_ptr`, which never releases the
+    /// `OrtTypeInfo` it queries (~330 bytes per run on ONNX Runtime; see tests/ort_run_memory.rs).
+    preallocated: Option<RunOptions<HasSelectedOutputs>>,
 }
 
 impl ModelSession {
@@ -34,7 +40,15 @@ impl ModelSession {
             Layout::Nchw => [1, 3, s, s],
             Layout::Nhwc => [1, s, s, 3],
         };
-        Ok(Self { session, input_name, shape, output: spec.output })
+        // Only ONNX Runtime writes into preallocated outputs (ort-tract leaves them untouched),
+        // and only its path had the leak.
+        let on_ort = super::backend::current().is_some_and(|b| b.name == super::backend::BackendKind::Onnxruntime);
+        let preallocated = if on_ort {
+            preallocate_output(&session).map_err(|e| anyhow!("model file {file}: cannot preallocate its output: {e}"))?
+        } else {
+            None
+        };
+        Ok(Self { session, input_name, shape, output: spec.output, preallocated })
     }
 
     /// Number of f32 values the input tensor holds.
@@ -49,7 +63,11 @@ impl ModelSession {
         }
         let tensor = TensorRef::from_array_view((self.shape, input)).context("cannot wrap input tensor")?;
         let inputs: Vec<(Cow<str>, ort::session::SessionInputValue)> = vec![(Cow::Borrowed(self.input_name.as_str()), tensor.into())];
-        let outputs = self.session.run(inputs).map_err(|e| anyhow!("inference failed: {e}"))?;
+        let outputs = match &self.preallocated {
+            Some(options) => self.session.run_with_options(inputs, options),
+            None => self.session.run(inputs),
+        }
+        .map_err(|e| anyhow!("inference failed: {e}"))?;
         let (_, scores) = outputs[0].try_extract_tensor::<f32>().map_err(|e| anyhow!("model output is not f32: {e}"))?;
         let mut scores = scores.to_vec();
         if self.output == OutputKind::Logits {
@@ -57,6 +75,19 @@ impl ModelSession {
         }
         Ok(scores)
     }
+}
+
+/// Run options that preallocate the first output, if it is an f32 tensor whose shape is static
+/// except, possibly, a leading batch dimension (taken as 1, the batch edgeinfer runs).
+fn preallocate_output(session: &Session) -> ort::Result<Option<RunOptions<HasSelectedOutputs>>> {
+    let Some(out) = session.outputs().first() else { return Ok(None) };
+    let ValueType::Tensor { ty: TensorElementType::Float32, shape, .. } = out.dtype() else { return Ok(None) };
+    let dims: Vec<i64> = shape.iter().enumerate().map(|(i, &d)| if i == 0 && d < 0 { 1 } else { d }).collect();
+    if dims.iter().any(|&d| d < 0) {
+        return Ok(None);
+    }
+    let tensor = Tensor::<f32>::new(&Allocator::default(), dims)?;
+    Ok(Some(RunOptions::new()?.with_outputs(OutputSelector::default().preallocate(out.name(), tensor))))
 }
 
 pub fn softmax(v: &mut [f32]) {
