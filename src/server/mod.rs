@@ -62,6 +62,18 @@ impl Drop for OpenGuard {
     }
 }
 
+/// A deep accept queue: a cell's worth of devices reconnecting at once (or the fleet starting
+/// 1,000 clients) must not overflow the kernel's queue while the runtime is busy, which would
+/// reset connections that already sent a request. The kernel caps it at `net.core.somaxconn`.
+const ACCEPT_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
+}
+
 pub struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
@@ -69,7 +81,7 @@ pub struct Server {
 
 impl Server {
     pub async fn bind(cfg: &ServerConfig, engine: Arc<Engine>, telemetry: Arc<Telemetry>) -> Result<Server> {
-        let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
+        let listener = listen(cfg.listen).with_context(|| format!("cannot listen on {}", cfg.listen))?;
         engine.dispatcher.set_max_waiting(cfg.max_waiting);
         let shared = Arc::new(Shared { engine, telemetry, limits: Limits::from_config(cfg), open: AtomicUsize::new(0) });
         Ok(Server { listener, shared })
