@@ -53,10 +53,6 @@ impl Dispatcher {
         d
     }
 
-    pub fn policy_name(&self) -> &'static str {
-        self.policy.name()
-    }
-
     pub fn len(&self) -> usize {
         self.queues.len()
     }

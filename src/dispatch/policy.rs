@@ -11,6 +11,13 @@ pub struct QueueView {
     pub ewma_us: f64,
 }
 
+impl QueueView {
+    /// The paper's latency estimate for one more request here: (depth + 1) × EWMA.
+    pub fn estimate_us(&self) -> f64 {
+        (self.depth as f64 + 1.0) * self.ewma_us
+    }
+}
+
 /// A policy's answer: the queue (index in ladder order, 0 = most accurate) and the latency it expects.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Choice {
@@ -35,15 +42,14 @@ impl Policy for Paper {
     }
 
     fn choose(&self, queues: &[QueueView], bound_us: f64) -> Choice {
-        let estimate = |q: &QueueView| (q.depth as f64 + 1.0) * q.ewma_us;
         queues
             .iter()
             .enumerate()
-            .map(|(i, q)| Choice { queue: i, estimate_us: estimate(q) })
+            .map(|(i, q)| Choice { queue: i, estimate_us: q.estimate_us() })
             .find(|c| c.estimate_us < bound_us)
             .unwrap_or_else(|| {
                 let last = queues.len() - 1;
-                Choice { queue: last, estimate_us: estimate(&queues[last]) }
+                Choice { queue: last, estimate_us: queues[last].estimate_us() }
             })
     }
 }
@@ -58,7 +64,7 @@ impl Policy for StaticBest {
     }
 
     fn choose(&self, queues: &[QueueView], _bound_us: f64) -> Choice {
-        Choice { queue: 0, estimate_us: (queues[0].depth as f64 + 1.0) * queues[0].ewma_us }
+        Choice { queue: 0, estimate_us: queues[0].estimate_us() }
     }
 }
 
@@ -73,7 +79,7 @@ impl Policy for StaticCheapest {
 
     fn choose(&self, queues: &[QueueView], _bound_us: f64) -> Choice {
         let last = queues.len() - 1;
-        Choice { queue: last, estimate_us: (queues[last].depth as f64 + 1.0) * queues[last].ewma_us }
+        Choice { queue: last, estimate_us: queues[last].estimate_us() }
     }
 }
 
