@@ -1,18 +1,16 @@
 //! `edgeinfer bench models`: the paper's Figure 1 as a table. For every ladder model, the
 //! declared accuracy and the inference time on this machine and backend, measured twice: in a
-//! bare `session.run` loop, and through the server's own worker thread and queue.
+//! bare `session.run` loop, and through the executor's own path to a model (`worker::execute`).
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
 use serde::Serialize;
-use tokio::sync::oneshot;
 
 use crate::config::Config;
 use crate::dispatch::{policy::Paper, Dispatcher};
 use crate::engine::session::ModelSession;
-use crate::engine::worker::{Job, Workers};
+use crate::engine::worker::execute;
 use crate::engine::{backend, warm_up};
 use crate::models::Ladder;
 
@@ -52,11 +50,10 @@ pub fn run_models(cfg: &Config, iterations: usize) -> Result<BenchReport> {
         let mut bare_session = ModelSession::load(spec, cfg.engine.intra_threads)?;
         let input = vec![0.25f32; bare_session.input_len()];
         warm_up(&mut bare_session, 5)?;
-        // The server's own worker: same thread setup, queue, timing and bookkeeping.
+        // The executor's own path to a model: timing, panic guard, top-k and bookkeeping.
         let mut worker_session = ModelSession::load(spec, cfg.engine.intra_threads)?;
         warm_up(&mut worker_session, 5)?;
-        let d = Arc::new(Dispatcher::new(Box::new(Paper), 1, cfg.dispatch.ewma_weight, 1e9));
-        let workers = Workers::spawn(vec![worker_session], std::slice::from_ref(&spec.name), d.clone(), cfg.server.top_k)?;
+        let d = Dispatcher::new(Box::new(Paper), 1, cfg.dispatch.ewma_weight, 1e9);
         let mut bare = Vec::with_capacity(iterations);
         let mut server = Vec::with_capacity(iterations);
         // Alternate the two paths so that load from elsewhere on the machine hits both alike.
@@ -64,16 +61,11 @@ pub fn run_models(cfg: &Config, iterations: usize) -> Result<BenchReport> {
             let t = Instant::now();
             bare_session.run(&input)?;
             bare.push(t.elapsed().as_secs_f64() * 1e3);
-            d.assign();
-            let (tx, rx) = oneshot::channel();
-            if workers.enqueue(0, Job { tensor: input.clone(), enqueued: Instant::now(), reply: tx }).is_err() {
-                anyhow::bail!("bench worker stopped");
-            }
-            let out = rx.blocking_recv()?;
-            out.result.map_err(anyhow::Error::msg)?;
-            server.push(out.inference_us as f64 / 1e3);
+            d.begin(0);
+            let (result, inference_us) = execute(&mut worker_session, 0, &input, &d, cfg.server.top_k);
+            result.map_err(anyhow::Error::msg)?;
+            server.push(inference_us as f64 / 1e3);
         }
-        workers.shutdown();
         bare.sort_by(f64::total_cmp);
         server.sort_by(f64::total_cmp);
         let (b50, s50) = (percentile(&bare, 0.5), percentile(&server, 0.5));

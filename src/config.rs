@@ -65,7 +65,7 @@ pub struct DispatchConfig {
 
 impl Default for DispatchConfig {
     fn default() -> Self {
-        Self { policy: "paper".into(), latency_bound_ms: 50.0, ewma_weight: 0.1, warmup_runs: 5 }
+        Self { policy: "deadline".into(), latency_bound_ms: 50.0, ewma_weight: 0.1, warmup_runs: 5 }
     }
 }
 

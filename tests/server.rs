@@ -184,7 +184,7 @@ async fn deadline_policy_serves_from_a_shared_pool_and_moves_down_under_load() {
     cfg.dispatch.policy = "deadline".into();
     cfg.engine.pool_workers = 2;
     let svc = edgeinfer::service::Service::start(cfg).await.unwrap();
-    assert!(svc.engine.is_pooled());
+    assert!(svc.engine.is_shared());
     assert_eq!(svc.engine.policy_name(), "deadline");
     // Idle, with a generous bound (so a loaded test machine cannot eat it): the most accurate model.
     svc.engine.dispatcher.set_bound_ms(1_000.0);
@@ -198,6 +198,6 @@ async fn deadline_policy_serves_from_a_shared_pool_and_moves_down_under_load() {
     assert!(lower > 0, "a tight bound must use cheaper models");
     assert!(common::eventually(5, || svc.telemetry.totals().requests == 61).await);
     assert_eq!(svc.telemetry.totals().errors, 0);
-    assert_eq!(svc.engine.pool_backlog(), 0);
+    assert_eq!(svc.engine.backlog(), 0);
     svc.stop().await;
 }

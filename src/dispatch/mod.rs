@@ -1,6 +1,10 @@
-//! The dispatcher: per-queue accounting (depth, moving average of inference time) and the
-//! decision, delegated to a [`policy::Policy`], of which queue takes an arriving request.
+//! The dispatcher: per-queue accounting (depth, moving average of inference time), the cost
+//! model every policy reads, and the per-queue decision, delegated to a [`policy::Policy`].
+//!
+//! Admission (how many requests may be in the system) is not here: it is counted at the front
+//! door, `engine::intake`, where every accepted request is seen before any work is done on it.
 
+pub mod deadline;
 pub mod policy;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -14,26 +18,50 @@ pub fn ewma(old: f64, sample: f64, w: f64) -> f64 {
     old + w * (sample - old)
 }
 
+/// An f64 behind an atomic, updated without losing concurrent writes (several executor threads
+/// complete runs of the same model at once; a plain load-then-store would drop some samples).
+#[derive(Default)]
+struct AtomicF64(AtomicU64);
+
+impl AtomicF64 {
+    fn new(v: f64) -> Self {
+        Self(AtomicU64::new(v.to_bits()))
+    }
+    fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+    fn set(&self, v: f64) {
+        self.0.store(v.to_bits(), Ordering::Relaxed);
+    }
+    fn update(&self, f: impl Fn(f64) -> f64) {
+        let _ = self.0.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| Some(f(f64::from_bits(bits)).to_bits()));
+    }
+}
+
 #[derive(Default)]
 struct QueueStats {
     depth: AtomicUsize,
-    /// f64 bits; written only by the queue's own worker, read by the dispatcher.
-    ewma_us: AtomicU64,
+    ewma_us: AtomicF64,
+    /// Bare cost from the warm-up runs, µs: what the cost model scales.
+    baseline_us: AtomicF64,
 }
 
-impl QueueStats {
-    fn ewma_us(&self) -> f64 {
-        f64::from_bits(self.ewma_us.load(Ordering::Relaxed))
-    }
-}
+/// Weight of one run in the contention factor: ~50 runs of memory, so a load change shows
+/// within a few milliseconds at the cheap end and one-off slow runs do not swing it.
+const CONTENTION_WEIGHT: f64 = 0.02;
+/// Weight of one request in the moving average of the work beside inference.
+const OVERHEAD_WEIGHT: f64 = 0.02;
 
 pub struct Dispatcher {
     policy: Box<dyn Policy>,
     queues: Vec<QueueStats>,
-    bound_us: AtomicU64,
-    /// Admission bound: requests waiting or running across all queues.
-    max_waiting: AtomicUsize,
+    bound_us: AtomicF64,
     ewma_weight: f64,
+    /// Measured ÷ bare cost over recent runs of any model: how much the executor's threads are
+    /// slowed now (other threads on the cores, memory bandwidth). See [`Dispatcher::estimate_us`].
+    contention: AtomicF64,
+    /// Moving average of the per-request work beside inference (decode, resize, normalise), µs.
+    overhead_us: AtomicF64,
     /// Serialises decide-and-count, so two simultaneous arrivals never both see the same depth.
     decide: Mutex<()>,
 }
@@ -41,16 +69,15 @@ pub struct Dispatcher {
 impl Dispatcher {
     pub fn new(policy: Box<dyn Policy>, queues: usize, ewma_weight: f64, bound_ms: f64) -> Self {
         assert!(queues > 0, "a ladder has at least one model");
-        let d = Self {
+        Self {
             policy,
             queues: (0..queues).map(|_| QueueStats::default()).collect(),
-            bound_us: AtomicU64::new(0),
-            max_waiting: AtomicUsize::new(usize::MAX),
+            bound_us: AtomicF64::new(bound_ms * 1000.0),
             ewma_weight,
+            contention: AtomicF64::new(1.0),
+            overhead_us: AtomicF64::new(0.0),
             decide: Mutex::new(()),
-        };
-        d.set_bound_ms(bound_ms);
-        d
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -61,53 +88,32 @@ impl Dispatcher {
         self.queues.is_empty()
     }
 
-    /// Sets the starting average, from warm-up runs at load.
+    /// Sets the starting average and the bare cost, from warm-up runs.
     pub fn seed(&self, queue: usize, inference_us: f64) {
-        self.queues[queue].ewma_us.store(inference_us.to_bits(), Ordering::Relaxed);
+        self.queues[queue].ewma_us.set(inference_us);
+        self.queues[queue].baseline_us.set(inference_us);
     }
 
     pub fn bound_ms(&self) -> f64 {
-        f64::from_bits(self.bound_us.load(Ordering::Relaxed)) / 1000.0
+        self.bound_us.get() / 1000.0
     }
 
     pub fn set_bound_ms(&self, ms: f64) {
-        self.bound_us.store((ms * 1000.0).to_bits(), Ordering::Relaxed);
+        self.bound_us.set(ms * 1000.0);
     }
 
-    /// Caps the requests waiting or running across all queues; past it, [`try_assign`](Self::try_assign) refuses.
-    pub fn set_max_waiting(&self, n: usize) {
-        self.max_waiting.store(n, Ordering::Relaxed);
-    }
-
-    pub fn max_waiting(&self) -> usize {
-        self.max_waiting.load(Ordering::Relaxed)
-    }
-
-    /// Picks the queue for a new request and counts it there until [`complete`](Self::complete)
-    /// or [`release`](Self::release). `None` when the admission bound is reached: below it the
-    /// paper's rule holds (the last queue always accepts); above it memory would grow without bound.
-    pub fn try_assign(&self) -> Option<Choice> {
-        self.assign_within(self.max_waiting())
-    }
-
-    /// [`try_assign`](Self::try_assign) without the admission bound (benchmarks, tests).
+    /// Picks the queue for a new request (per-queue policies) and counts it there until
+    /// [`complete`](Self::complete) or [`release`](Self::release).
     pub fn assign(&self) -> Choice {
-        self.assign_within(usize::MAX).expect("an unbounded assignment always succeeds")
-    }
-
-    fn assign_within(&self, limit: usize) -> Option<Choice> {
         let _g = self.decide.lock();
         let views = self.snapshot();
-        if views.iter().map(|q| q.depth).sum::<usize>() >= limit {
-            return None;
-        }
-        let choice = self.policy.choose(&views, f64::from_bits(self.bound_us.load(Ordering::Relaxed)));
+        let choice = self.policy.choose(&views, self.bound_us.get());
         self.queues[choice.queue].depth.fetch_add(1, Ordering::Relaxed);
-        Some(choice)
+        choice
     }
 
-    /// Counts a request on `queue` that was placed there without [`try_assign`](Self::try_assign)
-    /// (the `deadline` pool chooses the model itself, when a worker takes the request).
+    /// Counts a request on `queue` that was placed there without [`assign`](Self::assign)
+    /// (the shared executor binds the model itself, when a worker takes the request).
     pub fn begin(&self, queue: usize) {
         self.queues[queue].depth.fetch_add(1, Ordering::Relaxed);
     }
@@ -115,8 +121,12 @@ impl Dispatcher {
     /// The queue's worker finished a request that ran for `inference_us`.
     pub fn complete(&self, queue: usize, inference_us: f64) {
         let q = &self.queues[queue];
-        let next = ewma(q.ewma_us(), inference_us, self.ewma_weight);
-        q.ewma_us.store(next.to_bits(), Ordering::Relaxed);
+        let w = self.ewma_weight;
+        q.ewma_us.update(|old| ewma(old, inference_us, w));
+        let base = q.baseline_us.get();
+        if base > 0.0 {
+            self.contention.update(|old| ewma(old, inference_us / base, CONTENTION_WEIGHT));
+        }
         q.depth.fetch_sub(1, Ordering::Relaxed);
     }
 
@@ -125,11 +135,36 @@ impl Dispatcher {
         self.queues[queue].depth.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// What model `queue` costs on the executor now, µs: its bare cost × the contention factor
+    /// of recent runs of *any* model. A per-model average goes stale for models the policy
+    /// stops choosing — it keeps the value of its last, contended runs, and a model once slowed
+    /// is never chosen again. Normalising by one shared factor keeps every model's estimate as
+    /// current as the busiest one's, without probe runs that would cost accuracy.
+    pub fn estimate_us(&self, queue: usize) -> f64 {
+        let q = &self.queues[queue];
+        let base = q.baseline_us.get();
+        if base > 0.0 {
+            base * self.contention.get()
+        } else {
+            q.ewma_us.get()
+        }
+    }
+
+    pub fn contention(&self) -> f64 {
+        self.contention.get()
+    }
+
+    /// Records the work beside inference one request took (decode, resize, normalise), µs.
+    pub fn record_overhead(&self, us: f64) {
+        self.overhead_us.update(|old| if old == 0.0 { us } else { ewma(old, us, OVERHEAD_WEIGHT) });
+    }
+
+    pub fn overhead_us(&self) -> f64 {
+        self.overhead_us.get()
+    }
+
     pub fn snapshot(&self) -> Vec<QueueView> {
-        self.queues
-            .iter()
-            .map(|q| QueueView { depth: q.depth.load(Ordering::Relaxed), ewma_us: q.ewma_us() })
-            .collect()
+        self.queues.iter().map(|q| QueueView { depth: q.depth.load(Ordering::Relaxed), ewma_us: q.ewma_us.get() }).collect()
     }
 }
 
@@ -189,14 +224,39 @@ mod tests {
     }
 
     #[test]
-    fn admission_bound_refuses_past_the_limit_and_recovers() {
-        let d = dispatcher(1.0);
-        d.set_max_waiting(3);
-        // Below the bound the paper's rule holds: the last queue keeps accepting.
-        assert!((0..3).all(|_| d.try_assign().map(|c| c.queue) == Some(2)));
-        assert_eq!(d.try_assign(), None);
-        d.complete(2, 1_000.0);
-        assert_eq!(d.try_assign().map(|c| c.queue), Some(2));
+    fn estimates_follow_contention_even_for_unused_models() {
+        let d = dispatcher(30.0);
+        // Only queue 2 runs, at twice its bare cost: queue 0's estimate doubles too.
+        for _ in 0..2000 {
+            d.begin(2);
+            d.complete(2, 2_000.0);
+        }
+        assert!((d.contention() - 2.0).abs() < 1e-6, "{}", d.contention());
+        assert!((d.estimate_us(0) - 20_000.0).abs() < 1.0);
+        // Contention gone: back to the bare costs.
+        for _ in 0..2000 {
+            d.begin(1);
+            d.complete(1, 4_000.0);
+        }
+        assert!((d.estimate_us(0) - 10_000.0).abs() < 1.0);
+    }
+
+    #[test]
+    fn concurrent_updates_lose_no_write() {
+        // Several executor threads update one model's average at once: a load-then-store would
+        // drop some of the increments below; the compare-and-swap loop keeps every one.
+        let x = std::sync::Arc::new(AtomicF64::new(0.0));
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let x = x.clone();
+                std::thread::spawn(move || (0..20_000).for_each(|_| x.update(|v| v + 1.0)))
+            })
+            .collect();
+        handles.into_iter().for_each(|h| h.join().unwrap());
+        assert_eq!(x.get(), 80_000.0);
+        let d = dispatcher(30.0);
+        d.record_overhead(300.0);
+        assert_eq!(d.overhead_us(), 300.0);
     }
 
     #[test]

@@ -1,30 +1,84 @@
-//! The inference engine: backend selection, loaded model sessions, and their worker threads.
+//! The inference engine: backend selection, loaded model sessions, the executor that runs them,
+//! and the one door every front end enters by: [`Engine::submit`].
+//!
+//! A request's way down: `submit` admits it at the front door (`intake`), an executor thread
+//! takes it, decodes and resizes it (`preprocess`), the policy binds it to a model
+//! (`dispatch`), the model runs (`worker::execute`), and the [`Answer`] goes back up the
+//! oneshot channel `submit` returned.
 
 pub mod backend;
+pub mod intake;
 pub mod pool;
 pub mod preprocess;
 pub mod session;
 pub mod worker;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use bytes::Bytes;
+use tokio::sync::oneshot;
 
 use crate::config::Config;
-use crate::dispatch::{policy, Dispatcher};
+use crate::dispatch::policy::{self, Mode};
+use crate::dispatch::Dispatcher;
 use crate::models::{Ladder, ModelSpec};
 use backend::BackendInfo;
+use intake::{Intake, Refusal, Ticket};
+use pool::Pool;
+use preprocess::ImageError;
 use session::ModelSession;
-use pool::{Pool, PoolJob};
-use worker::{Infer, Job, Workers};
+use worker::{Infer, Workers};
+
+/// What the executor needs to know of the server's limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_image_pixels: u64,
+    pub top_k: usize,
+}
+
+/// Why a request got no classes.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// The deadline policy refused it: even the cheapest model would finish after its deadline.
+    #[error("server overloaded: the request cannot be answered within its latency bound")]
+    Shed,
+    #[error("{0}")]
+    Inference(String),
+}
+
+/// The engine's answer to one request.
+#[derive(Debug)]
+pub struct Answer {
+    /// The rung that ran it (`None` when none did).
+    pub model: Option<usize>,
+    /// Top classes, best first, or why not.
+    pub result: Result<Vec<(usize, f32)>, Failure>,
+    /// Waiting before preprocessing (and, on per-model queues, in the model's queue), µs.
+    pub queue_us: u64,
+    pub preprocess_us: u64,
+    pub inference_us: u64,
+    /// What the policy predicted for queue wait + inference, µs.
+    pub estimate_us: Option<f64>,
+}
+
+impl Answer {
+    pub fn failed(why: Failure, queue_us: u64) -> Answer {
+        Answer { model: None, result: Err(why), queue_us, preprocess_us: 0, inference_us: 0, estimate_us: None }
+    }
+}
 
 /// How requests reach the models.
 enum Executor {
-    /// One FIFO queue and worker per model; the policy picks the queue on arrival (`paper`, …).
+    /// One FIFO queue and worker per model; the policy picks the queue on arrival (`paper`).
     Queues(Workers),
-    /// One FIFO queue, a worker per core, model chosen when a worker takes the request (`deadline`).
-    Pool(Pool),
+    /// One worker per core; model chosen when a worker takes the request (`deadline`, `static-*`).
+    Shared(Pool),
 }
 
 pub struct Engine {
@@ -33,13 +87,14 @@ pub struct Engine {
     pub backend: &'static BackendInfo,
     /// Median warm-up inference time per model, µs (what seeded each moving average).
     pub warmup_us: Vec<f64>,
+    intake: Arc<Intake>,
     policy: String,
     executor: Executor,
 }
 
 impl Engine {
     /// Initialises the backend, loads the ladder named in the config (writing synthetic models
-    /// that are missing), warms every model up and starts the workers.
+    /// that are missing), warms every model up and starts the executor.
     pub fn start(cfg: &Config) -> Result<Engine> {
         let backend = backend::init(&cfg.engine)?;
         let mut ladder = Ladder::load(&cfg.models.manifest)?;
@@ -47,9 +102,10 @@ impl Engine {
         if generated > 0 {
             tracing::info!(generated, "wrote synthetic model files (random weights: predictions are meaningless)");
         }
-        // The pool gives every worker its own session of every model (sessions are not shared
-        // across threads); per-queue policies need one session per model.
-        let copies = if cfg.dispatch.policy == policy::DEADLINE { cfg.engine.pool_workers() } else { 1 };
+        // The shared executor gives every worker its own session of every model (sessions are
+        // not shared across threads); per-model queues need one session per model.
+        let shared = matches!(policy::mode(&cfg.dispatch.policy), Some(Mode::Shared(_)));
+        let copies = if shared { cfg.engine.pool_workers() } else { 1 };
         let mut model_sets: Vec<Vec<Box<dyn Infer>>> = (0..copies).map(|_| Vec::new()).collect();
         let mut warmup_us = Vec::with_capacity(ladder.models.len());
         for spec in &ladder.models {
@@ -67,7 +123,7 @@ impl Engine {
         Self::from_model_sets(cfg, backend, ladder.models, model_sets, warmup_us)
     }
 
-    /// [`Engine::from_model_sets`] with one set of models (per-queue policies).
+    /// [`Engine::from_model_sets`] with one set of models.
     pub fn from_models(
         cfg: &Config,
         backend: &'static BackendInfo,
@@ -79,8 +135,9 @@ impl Engine {
     }
 
     /// Assembles an engine from already-loaded models (ladder order) and their measured
-    /// warm-up times: one set per pool worker for `deadline`, exactly one set otherwise.
-    /// [`Engine::start`] uses it; tests use it with stand-in models.
+    /// warm-up times: one set per executor worker for the shared executor (at least one),
+    /// exactly one set for per-model queues. [`Engine::start`] uses it; tests use it with
+    /// stand-in models.
     pub fn from_model_sets(
         cfg: &Config,
         backend: &'static BackendInfo,
@@ -92,24 +149,48 @@ impl Engine {
         anyhow::ensure!(n > 0 && warmup_us.len() == n, "one spec and warm-up time per rung");
         anyhow::ensure!(!model_sets.is_empty() && model_sets.iter().all(|s| s.len() == n), "one model per rung in every set");
         let d = &cfg.dispatch;
-        let pooled = d.policy == policy::DEADLINE;
-        // The pool's decision is `late_choice`; the per-queue policy object is then unused, and
-        // `paper` stands in so the dispatcher's accounting (depths, averages) is the same code.
-        let per_queue = policy::by_name(if pooled { "paper" } else { &d.policy }).context("unknown dispatch policy")?;
+        let mode = policy::mode(&d.policy).context("unknown dispatch policy")?;
+        // On the shared executor the per-queue policy object is unused; `paper` stands in so the
+        // dispatcher's accounting (depths, averages) is the same code for every policy.
+        let per_queue = policy::by_name(if mode == Mode::Queues { &d.policy } else { policy::PAPER }).context("unknown dispatch policy")?;
         let dispatcher = Arc::new(Dispatcher::new(per_queue, n, d.ewma_weight, d.latency_bound_ms));
         for (i, us) in warmup_us.iter().enumerate() {
             dispatcher.seed(i, *us);
         }
+        let intake = Arc::new(Intake::new(cfg.server.max_waiting));
+        let limits = Limits { max_image_pixels: cfg.server.max_image_pixels, top_k: cfg.server.top_k };
         let ladder = Arc::new(specs);
-        let executor = if pooled {
-            Executor::Pool(Pool::spawn(model_sets, ladder.clone(), dispatcher.clone(), cfg.server.top_k).context("cannot start the worker pool")?)
-        } else {
-            anyhow::ensure!(model_sets.len() == 1, "per-queue policies run one set of models");
-            let names: Vec<String> = ladder.iter().map(|m| m.name.clone()).collect();
-            let models = model_sets.remove(0);
-            Executor::Queues(Workers::spawn(models, &names, dispatcher.clone(), cfg.server.top_k).context("cannot start model worker threads")?)
+        let executor = match mode {
+            Mode::Shared(choice) => Executor::Shared(
+                Pool::spawn(model_sets, ladder.clone(), dispatcher.clone(), intake.clone(), choice, limits).context("cannot start the executor")?,
+            ),
+            Mode::Queues => {
+                anyhow::ensure!(model_sets.len() == 1, "per-model queues run one set of models");
+                let models = model_sets.remove(0);
+                let stages = cfg.engine.pool_workers();
+                Executor::Queues(
+                    Workers::spawn(models, ladder.clone(), dispatcher.clone(), intake.clone(), limits, stages)
+                        .context("cannot start model worker threads")?,
+                )
+            }
         };
-        Ok(Engine { ladder, dispatcher, backend, warmup_us, policy: d.policy.clone(), executor })
+        Ok(Engine { ladder, dispatcher, backend, warmup_us, intake, policy: d.policy.clone(), executor })
+    }
+
+    /// The one door into the engine. Admits the request (or says why not) and returns where its
+    /// answer will arrive. `arrival` is when its bytes arrived: time spent since counts against
+    /// its bound. `bound` is its own latency bound; `None` means T. Never blocks.
+    pub fn submit(&self, image: Bytes, arrival: Instant, bound: Option<Duration>) -> Result<oneshot::Receiver<Answer>, Refusal> {
+        let admitted = self.intake.admit()?;
+        let bound_us = bound.map_or_else(|| self.dispatcher.bound_ms() * 1000.0, |b| b.as_secs_f64() * 1e6);
+        let (reply, rx) = oneshot::channel();
+        self.intake.push(Ticket { image, arrival, bound_us, reply, admitted })?;
+        Ok(rx)
+    }
+
+    /// Caps the requests in the system (`server.max_waiting`).
+    pub fn set_max_waiting(&self, n: usize) {
+        self.intake.set_max(n);
     }
 
     /// The configured policy's name (`dispatch.policy`).
@@ -117,30 +198,39 @@ impl Engine {
         &self.policy
     }
 
-    /// Requests waiting for a pool worker (always 0 for per-queue policies, whose waiting
-    /// requests show in the queue depths).
-    pub fn pool_backlog(&self) -> usize {
+    /// Requests waiting at the front door, not yet taken by an executor thread.
+    pub fn backlog(&self) -> usize {
+        self.intake.waiting()
+    }
+
+    /// Requests admitted and not yet answered: waiting, preprocessing, queued or running.
+    pub fn in_system(&self) -> usize {
+        self.intake.in_system()
+    }
+
+    /// Requests dropped unrun because their requester had gone.
+    pub fn abandoned(&self) -> usize {
+        self.intake.abandoned()
+    }
+
+    /// Whether the policy runs on the shared all-cores executor.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.executor, Executor::Shared(_))
+    }
+
+    /// Worker threads of the executor that runs inference concurrently (cores, for the shared one).
+    pub fn workers(&self) -> usize {
         match &self.executor {
-            Executor::Pool(p) => p.backlog(),
-            Executor::Queues(_) => 0,
+            Executor::Shared(p) => p.workers(),
+            Executor::Queues(_) => self.ladder.len(),
         }
     }
 
-    pub fn is_pooled(&self) -> bool {
-        matches!(self.executor, Executor::Pool(_))
-    }
-
-    pub fn submit_pool(&self, job: PoolJob) -> Result<(), PoolJob> {
+    /// The `deadline` policy's latency target as a fraction of T (`None` for other policies).
+    pub fn target(&self) -> Option<f64> {
         match &self.executor {
-            Executor::Pool(p) => p.submit(job),
-            Executor::Queues(_) => Err(job),
-        }
-    }
-
-    pub fn enqueue(&self, queue: usize, job: Job) -> Result<(), Job> {
-        match &self.executor {
-            Executor::Queues(w) => w.enqueue(queue, job),
-            Executor::Pool(_) => Err(job),
+            Executor::Shared(p) if self.policy == policy::DEADLINE => Some(p.target()),
+            _ => None,
         }
     }
 
@@ -148,11 +238,12 @@ impl Engine {
         self.ladder.iter().any(ModelSpec::is_synthetic)
     }
 
-    /// Drains every queue and stops the workers.
+    /// Closes the front door, runs everything already admitted, and stops the threads.
     pub fn shutdown(&self) {
+        self.intake.close();
         match &self.executor {
-            Executor::Queues(w) => w.shutdown(),
-            Executor::Pool(p) => p.shutdown(),
+            Executor::Queues(w) => w.join(),
+            Executor::Shared(p) => p.join(),
         }
     }
 }

@@ -1,53 +1,44 @@
-//! The shared worker pool behind the `deadline` policy: one FIFO queue, one worker per core,
-//! each worker holding a session of every model. The model is chosen when a worker takes the
-//! request ([`late_choice`]), so the choice sees exactly how long the request has waited and
-//! how much work is queued behind it — instead of per-queue guesses that ignore each other
-//! while all queues share the same cores.
+//! The shared executor: one worker thread per core, all fed by the front door's queue
+//! ([`Intake`]), each holding its own session of every model. A worker takes a request and does
+//! everything for it on the same thread — decode, choose the model, resize, infer — so there is
+//! no hand-off to size or to hide a backlog in, and the model is chosen when the request's wait
+//! is known exactly (late binding).
+//!
+//! `deadline` (the default), `static-best` and `static-cheapest` run here; they differ only in
+//! [`SharedChoice`].
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use image::RgbImage;
-use parking_lot::{Condvar, Mutex};
-use tokio::sync::oneshot;
+use parking_lot::Mutex;
 
-use super::preprocess;
-use super::worker::{execute, Infer, JobOutcome};
-use crate::dispatch::policy::{late_choice, next_margin, LateView, INITIAL_MARGIN};
-use crate::dispatch::Dispatcher;
+use super::intake::{Intake, Taken};
+use super::preprocess::Preprocessor;
+use super::worker::{execute, Infer};
+use super::{Answer, Failure, Limits};
+use crate::dispatch::deadline::{self, Decision, Rung, View};
+use crate::dispatch::policy::SharedChoice;
+use crate::dispatch::{ewma, Dispatcher};
 use crate::models::ModelSpec;
 
-pub struct PoolJob {
-    /// Decoded, not yet resized: the size depends on the model, chosen later.
-    pub image: RgbImage,
-    /// When the request's frame arrived; its deadline is arrival + T.
-    pub arrival: Instant,
-    pub enqueued: Instant,
-    pub reply: oneshot::Sender<PoolOutcome>,
-}
-
-#[derive(Debug)]
-pub struct PoolOutcome {
-    pub model: usize,
-    /// Predicted queue wait + inference (the wait is known exactly at choice time), µs.
-    pub estimate_us: f64,
-    /// Resize + normalise for the chosen model, done by the worker, µs.
-    pub resize_us: u64,
-    pub job: JobOutcome,
-}
-
-struct Queue {
-    jobs: Mutex<(VecDeque<PoolJob>, bool)>,
-    ready: Condvar,
-    /// The policy's cost margin (f64 bits), learned from missed deadlines; see `next_margin`.
-    margin: AtomicU64,
+/// State the workers share beside the queue.
+struct Shared {
+    intake: Arc<Intake>,
+    dispatcher: Arc<Dispatcher>,
+    specs: Arc<Vec<ModelSpec>>,
+    choice: SharedChoice,
+    limits: Limits,
+    /// Per worker: when its current inference is expected to end, µs since `epoch` (0: idle).
+    busy_until: Vec<AtomicU64>,
+    epoch: Instant,
+    /// α of the `deadline` policy (f64 bits), see `deadline::next_target`.
+    target: AtomicU64,
 }
 
 pub struct Pool {
-    queue: Arc<Queue>,
+    shared: Arc<Shared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -57,89 +48,158 @@ impl Pool {
         model_sets: Vec<Vec<Box<dyn Infer>>>,
         specs: Arc<Vec<ModelSpec>>,
         dispatcher: Arc<Dispatcher>,
-        k: usize,
+        intake: Arc<Intake>,
+        choice: SharedChoice,
+        limits: Limits,
     ) -> std::io::Result<Pool> {
-        let queue = Arc::new(Queue {
-            jobs: Mutex::new((VecDeque::new(), false)),
-            ready: Condvar::new(),
-            margin: AtomicU64::new(INITIAL_MARGIN.to_bits()),
-        });
         let workers = model_sets.len();
+        let shared = Arc::new(Shared {
+            intake,
+            dispatcher,
+            specs,
+            choice,
+            limits,
+            busy_until: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            epoch: Instant::now(),
+            target: AtomicU64::new(deadline::INITIAL_TARGET.to_bits()),
+        });
         let mut threads = Vec::with_capacity(workers);
         for (w, models) in model_sets.into_iter().enumerate() {
-            let (q, s, d) = (queue.clone(), specs.clone(), dispatcher.clone());
-            threads.push(std::thread::Builder::new().name(format!("pool-{w}")).spawn(move || run(models, &q, &s, &d, k, workers))?);
+            let s = shared.clone();
+            threads.push(std::thread::Builder::new().name(format!("exec-{w}")).spawn(move || run(w, models, &s))?);
         }
-        Ok(Pool { queue, threads: Mutex::new(threads) })
+        Ok(Pool { shared, threads: Mutex::new(threads) })
     }
 
-    /// The policy's current cost margin.
-    pub fn margin(&self) -> f64 {
-        f64::from_bits(self.queue.margin.load(Ordering::Relaxed))
+    pub fn workers(&self) -> usize {
+        self.shared.busy_until.len()
     }
 
-    /// Requests waiting for a worker.
-    pub fn backlog(&self) -> usize {
-        self.queue.jobs.lock().0.len()
+    /// The `deadline` policy's current latency target, as a fraction of T.
+    pub fn target(&self) -> f64 {
+        f64::from_bits(self.shared.target.load(Ordering::Relaxed))
     }
 
-    /// Fails only after [`Pool::shutdown`] began.
-    pub fn submit(&self, job: PoolJob) -> Result<(), PoolJob> {
-        let mut g = self.queue.jobs.lock();
-        if g.1 {
-            return Err(job);
-        }
-        g.0.push_back(job);
-        drop(g);
-        self.queue.ready.notify_one();
-        Ok(())
-    }
-
-    /// Runs what is queued, then stops the workers.
-    pub fn shutdown(&self) {
-        self.queue.jobs.lock().1 = true;
-        self.queue.ready.notify_all();
+    /// Waits for the workers to drain the (closed) queue and exit.
+    pub fn join(&self) {
         for t in self.threads.lock().drain(..) {
             let _ = t.join();
         }
     }
 }
 
-fn run(mut models: Vec<Box<dyn Infer>>, queue: &Queue, specs: &[ModelSpec], dispatcher: &Dispatcher, k: usize, workers: usize) {
-    loop {
-        let (job, behind, newest_waited_us) = {
-            let mut g = queue.jobs.lock();
-            while g.0.is_empty() && !g.1 {
-                queue.ready.wait(&mut g);
-            }
-            let Some(job) = g.0.pop_front() else { return };
-            let now = Instant::now();
-            let newest = g.0.back().map_or(0.0, |j| now.duration_since(j.arrival).as_secs_f64() * 1e6);
-            (job, g.0.len(), newest)
-        };
-        let taken = Instant::now();
-        let costs: Vec<f64> = dispatcher.snapshot().iter().map(|q| q.ewma_us).collect();
-        let choice = late_choice(&LateView {
-            costs_us: &costs,
-            bound_us: dispatcher.bound_ms() * 1000.0,
-            waited_us: taken.duration_since(job.arrival).as_secs_f64() * 1e6,
-            behind,
-            newest_waited_us,
-            workers,
-            margin: f64::from_bits(queue.margin.load(Ordering::Relaxed)),
-        });
-        dispatcher.begin(choice.queue);
-        let tensor = preprocess::to_tensor(&job.image, &specs[choice.queue].input);
-        let resize_us = taken.elapsed().as_micros() as u64;
-        let (result, inference_us) = execute(&mut models[choice.queue], choice.queue, &tensor, dispatcher, k);
-        // Learn from the outcome. Workers race on this update; a lost step is harmless.
-        let missed = job.arrival.elapsed().as_secs_f64() * 1e3 > dispatcher.bound_ms();
-        let m = next_margin(f64::from_bits(queue.margin.load(Ordering::Relaxed)), missed);
-        queue.margin.store(m.to_bits(), Ordering::Relaxed);
-        let queue_us = taken.duration_since(job.enqueued).as_micros() as u64;
-        // Predicted queue wait + inference, comparable with the per-queue policies' estimates.
-        let estimate_us = queue_us as f64 + costs[choice.queue];
-        let job_outcome = JobOutcome { result, queue_us, inference_us };
-        let _ = job.reply.send(PoolOutcome { model: choice.queue, estimate_us, resize_us, job: job_outcome });
+/// A small fast generator for the policy's mix draws (SplitMix64); seeded per worker.
+struct Dither(u64);
+
+impl Dither {
+    fn next(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
     }
+}
+
+/// One worker's loop: everything a request needs, on this thread, with buffers it keeps.
+fn run(w: usize, mut models: Vec<Box<dyn Infer>>, s: &Shared) {
+    let n = s.specs.len();
+    let accuracies: Vec<f64> = s.specs.iter().map(|m| m.accuracy as f64).collect();
+    let min_side = s.specs.iter().map(|m| m.input.size).max().unwrap_or(0);
+    let mut pre = Preprocessor::new();
+    let mut tensor = Vec::new();
+    let mut rungs = Vec::with_capacity(n);
+    let mut hull = Vec::with_capacity(n);
+    let mut dither = Dither(0x5EED ^ (w as u64) << 32);
+    // This worker's average resize + normalise time: what is still ahead of a decoded request.
+    let mut resize_us = 0.0;
+    while let Some(Taken { ticket, behind, newest_slack_us }) = s.intake.take() {
+        let taken = Instant::now();
+        let queue_us = taken.saturating_duration_since(ticket.arrival).as_micros() as u64;
+        let d = &s.dispatcher;
+        let cheapest_us = (0..n).map(|i| d.estimate_us(i)).fold(f64::INFINITY, f64::min);
+        // Past saturation: a request that cannot make its deadline even on the cheapest model
+        // is refused before any work is spent on it (deadline policy only; the baselines run all).
+        if s.choice == SharedChoice::Deadline && ticket.waited_us(taken) + d.overhead_us() + cheapest_us > ticket.bound_us {
+            let _ = ticket.reply.send(Answer::failed(Failure::Shed, queue_us));
+            continue;
+        }
+        if let Err(e) = pre.decode(&ticket.image, s.limits.max_image_pixels, min_side) {
+            let _ = ticket.reply.send(Answer::failed(Failure::Image(e), queue_us));
+            continue;
+        }
+        let decoded = Instant::now();
+        let decision = match s.choice {
+            SharedChoice::Best => Decision::Run { rung: 0, estimate_us: d.estimate_us(0) },
+            SharedChoice::Cheapest => Decision::Run { rung: n - 1, estimate_us: d.estimate_us(n - 1) },
+            SharedChoice::Deadline => {
+                rungs.clear();
+                rungs.extend((0..n).map(|i| Rung { cost_us: d.estimate_us(i), accuracy: accuracies[i] }));
+                deadline::hull(&rungs, &mut hull);
+                let now_us = decoded.duration_since(s.epoch).as_micros() as u64;
+                let busy_us: f64 = s
+                    .busy_until
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != w)
+                    .map(|(_, b)| b.load(Ordering::Relaxed).saturating_sub(now_us) as f64)
+                    .sum();
+                let target = f64::from_bits(s.target.load(Ordering::Relaxed));
+                let view = View {
+                    rungs: &rungs,
+                    overhead_us: d.overhead_us(),
+                    own_overhead_us: resize_us,
+                    bound_us: ticket.bound_us,
+                    waited_us: ticket.waited_us(decoded),
+                    behind,
+                    // The newest request's slack shrank by what this one's decode took.
+                    newest_slack_us: newest_slack_us - decoded.duration_since(taken).as_secs_f64() * 1e6,
+                    busy_us,
+                    workers: s.busy_until.len(),
+                    target,
+                    dither: dither.next(),
+                };
+                deadline::choose(&view, &hull)
+            }
+        };
+        let Decision::Run { rung: m, estimate_us } = decision else {
+            let _ = ticket.reply.send(Answer::failed(Failure::Shed, queue_us));
+            continue;
+        };
+        let resize_start = Instant::now();
+        pre.tensor_into(&s.specs[m].input, &mut tensor);
+        let started = Instant::now();
+        resize_us = if resize_us == 0.0 { us(started - resize_start) } else { ewma(resize_us, us(started - resize_start), 0.05) };
+        let preprocess_us = started.duration_since(taken).as_micros() as u64;
+        d.record_overhead(preprocess_us as f64);
+        // The last point before the model: a requester gone meanwhile costs no inference.
+        if ticket.abandoned() {
+            s.intake.count_abandoned();
+            continue;
+        }
+        d.begin(m);
+        let end_us = started.duration_since(s.epoch).as_micros() as u64 + d.estimate_us(m) as u64;
+        s.busy_until[w].store(end_us.max(1), Ordering::Relaxed);
+        let (result, inference_us) = execute(&mut models[m], m, &tensor, d, s.limits.top_k);
+        s.busy_until[w].store(0, Ordering::Relaxed);
+        if s.choice == SharedChoice::Deadline {
+            // Learn from the latency this request will see (the response write is microseconds).
+            let latency_us = ticket.waited_us(Instant::now());
+            let bound = ticket.bound_us;
+            let _ = s.target.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| Some(deadline::next_target(f64::from_bits(t), latency_us, bound).to_bits()));
+        }
+        let answer = Answer {
+            model: Some(m),
+            result: result.map_err(Failure::Inference),
+            queue_us,
+            preprocess_us,
+            inference_us,
+            estimate_us: Some(estimate_us),
+        };
+        let _ = ticket.reply.send(answer);
+    }
+}
+
+fn us(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e6
 }

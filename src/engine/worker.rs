@@ -1,6 +1,5 @@
-//! Model workers: one dedicated OS thread per model queue, so inference never runs on (or
-//! stalls) the async runtime. Each worker drains its FIFO queue, times every run, and feeds the
-//! timing back to the dispatcher's moving average.
+//! The paper's executor (per-model queues, each with its own worker thread) and [`execute`],
+//! the one place any executor runs a model: timed, panic-safe, booked with the dispatcher.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -9,10 +8,13 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::oneshot;
 
+use super::intake::{Intake, Refusal, Ticket};
+use super::preprocess::Preprocessor;
 use super::session::{top_k, ModelSession};
+use super::{Answer, Failure, Limits};
 use crate::dispatch::Dispatcher;
+use crate::models::ModelSpec;
 
 /// Anything a worker can run: the real ONNX session, or a stand-in in tests.
 pub trait Infer: Send + 'static {
@@ -31,53 +33,62 @@ impl Infer for ModelSession {
     }
 }
 
+/// A request bound to one model's queue, its tensor already shaped.
 pub struct Job {
     pub tensor: Vec<f32>,
+    pub ticket: Ticket,
+    /// Time before the model queue: waiting at the front door, µs.
+    pub waited_us: u64,
+    pub preprocess_us: u64,
+    pub estimate_us: f64,
     pub enqueued: Instant,
-    pub reply: oneshot::Sender<JobOutcome>,
 }
 
-#[derive(Debug)]
-pub struct JobOutcome {
-    /// Top classes, best first, or why inference failed.
-    pub result: Result<Vec<(usize, f32)>, String>,
-    pub queue_us: u64,
-    pub inference_us: u64,
-}
-
+/// The paper's executor: a fixed set of stage threads (one per core) take requests from the
+/// front door, decode them, let the per-queue policy pick the model queue, shape the tensor and
+/// queue it; one dedicated thread per model runs its queue FIFO.
 pub struct Workers {
-    /// Emptied at shutdown: dropping the senders is what ends each worker's loop.
+    /// Emptied at shutdown: dropping the senders is what ends each model worker's loop.
     queues: RwLock<Vec<Sender<Job>>>,
+    stages: Mutex<Vec<JoinHandle<()>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Workers {
-    /// Starts one thread per model, in ladder order (queue i runs model i).
-    pub fn spawn<M: Infer>(models: Vec<M>, names: &[String], dispatcher: Arc<Dispatcher>, k: usize) -> std::io::Result<Workers> {
+    /// Starts one thread per model, in ladder order (queue i runs model i), and `stages` stage threads.
+    pub fn spawn<M: Infer>(
+        models: Vec<M>,
+        specs: Arc<Vec<ModelSpec>>,
+        dispatcher: Arc<Dispatcher>,
+        intake: Arc<Intake>,
+        limits: Limits,
+        stages: usize,
+    ) -> std::io::Result<Workers> {
         let mut queues = Vec::with_capacity(models.len());
         let mut threads = Vec::with_capacity(models.len());
         for (i, model) in models.into_iter().enumerate() {
             let (tx, rx) = crossbeam_channel::unbounded();
             let d = dispatcher.clone();
             let t = std::thread::Builder::new()
-                .name(format!("model-{i}-{}", names[i]))
-                .spawn(move || run_queue(i, model, rx, &d, k))?;
+                .name(format!("model-{i}-{}", specs[i].name))
+                .spawn(move || run_queue(i, model, rx, &d, limits.top_k))?;
             queues.push(tx);
             threads.push(t);
         }
-        Ok(Workers { queues: RwLock::new(queues), threads: Mutex::new(threads) })
-    }
-
-    /// Hands a job to queue `i`. Fails only after [`Workers::shutdown`] began.
-    pub fn enqueue(&self, queue: usize, job: Job) -> Result<(), Job> {
-        match self.queues.read().get(queue) {
-            Some(tx) => tx.send(job).map_err(|e| e.into_inner()),
-            None => Err(job),
+        let mut stage_threads = Vec::with_capacity(stages);
+        for s in 0..stages.max(1) {
+            let (queues, intake, d, specs) = (queues.clone(), intake.clone(), dispatcher.clone(), specs.clone());
+            stage_threads.push(std::thread::Builder::new().name(format!("stage-{s}")).spawn(move || run_stage(&queues, &intake, &d, &specs, limits))?);
         }
+        Ok(Workers { queues: RwLock::new(queues), stages: Mutex::new(stage_threads), threads: Mutex::new(threads) })
     }
 
-    /// Lets every queue drain (each queued job is still run and answered), then joins the threads.
-    pub fn shutdown(&self) {
+    /// Waits for the stage threads to drain the (closed) front door, then lets every model
+    /// queue drain (each queued job is still run and answered) and joins the threads.
+    pub fn join(&self) {
+        for t in self.stages.lock().drain(..) {
+            let _ = t.join();
+        }
         self.queues.write().clear();
         for t in self.threads.lock().drain(..) {
             let _ = t.join();
@@ -85,19 +96,59 @@ impl Workers {
     }
 }
 
+/// A stage thread: decode, choose the queue (the paper's rule, on arrival), shape, enqueue.
+fn run_stage(queues: &[Sender<Job>], intake: &Intake, dispatcher: &Dispatcher, specs: &[ModelSpec], limits: Limits) {
+    let min_side = specs.iter().map(|m| m.input.size).max().unwrap_or(0);
+    let mut pre = Preprocessor::new();
+    while let Some(taken) = intake.take() {
+        let ticket = taken.ticket;
+        let taken_at = Instant::now();
+        let waited_us = taken_at.saturating_duration_since(ticket.arrival).as_micros() as u64;
+        // Decoding comes first so that a bad image never occupies a queue slot.
+        if let Err(e) = pre.decode(&ticket.image, limits.max_image_pixels, min_side) {
+            let _ = ticket.reply.send(Answer::failed(Failure::Image(e), waited_us));
+            continue;
+        }
+        let choice = dispatcher.assign();
+        // The tensor moves to the model's thread, so it is allocated per request here.
+        let mut tensor = Vec::new();
+        pre.tensor_into(&specs[choice.queue].input, &mut tensor);
+        let preprocess_us = taken_at.elapsed().as_micros() as u64;
+        dispatcher.record_overhead(preprocess_us as f64);
+        let job = Job { tensor, ticket, waited_us, preprocess_us, estimate_us: choice.estimate_us, enqueued: Instant::now() };
+        if let Err(e) = queues[choice.queue].send(job) {
+            dispatcher.release(choice.queue);
+            let _ = e.into_inner().ticket.reply.send(Answer::failed(Failure::Refused(Refusal::ShuttingDown), waited_us));
+        }
+    }
+}
+
 fn run_queue<M: Infer>(index: usize, mut model: M, rx: Receiver<Job>, dispatcher: &Dispatcher, k: usize) {
     for job in rx {
         let start = Instant::now();
-        let queue_us = start.duration_since(job.enqueued).as_micros() as u64;
+        let queue_us = job.waited_us + start.duration_since(job.enqueued).as_micros() as u64;
+        // The paper's worker runs what it was given; a requester gone meanwhile is the one
+        // exception, since nobody would read the answer.
+        if job.ticket.abandoned() {
+            dispatcher.release(index);
+            continue;
+        }
         let (result, inference_us) = execute(&mut model, index, &job.tensor, dispatcher, k);
-        // The requester may be gone (peer hung up); the work is still accounted for.
-        let _ = job.reply.send(JobOutcome { result, queue_us, inference_us });
+        let answer = Answer {
+            model: Some(index),
+            result: result.map_err(Failure::Inference),
+            queue_us,
+            preprocess_us: job.preprocess_us,
+            inference_us,
+            estimate_us: Some(job.estimate_us),
+        };
+        let _ = job.ticket.reply.send(answer);
     }
 }
 
 /// Runs model `index` on one tensor, times it, and settles the dispatcher's books for it
 /// (`complete` with the time on success, `release` on failure). Returns top-k or why not.
-pub(super) fn execute<M: Infer>(
+pub fn execute<M: Infer>(
     model: &mut M,
     index: usize,
     tensor: &[f32],
@@ -147,28 +198,22 @@ mod tests {
         }
     }
 
-    fn submit(w: &Workers, q: usize) -> oneshot::Receiver<JobOutcome> {
-        let (tx, rx) = oneshot::channel();
-        assert!(w.enqueue(q, Job { tensor: vec![0.0], enqueued: Instant::now(), reply: tx }).is_ok());
-        rx
-    }
-
     #[test]
-    fn failures_and_panics_fail_one_request_and_the_worker_carries_on() {
-        let d = Arc::new(Dispatcher::new(Box::new(Paper), 1, 0.5, 50.0));
+    fn failures_and_panics_fail_one_request_and_the_execution_carries_on() {
+        let d = Dispatcher::new(Box::new(Paper), 1, 0.5, 50.0);
         // Popped from the back: ok, error, ok, then panic when empty.
-        let script = vec![Ok(vec![0.1, 0.9]), Err(anyhow::anyhow!("boom")), Ok(vec![0.7, 0.3])];
-        let w = Workers::spawn(vec![Scripted(script)], &["m".into()], d.clone(), 1).unwrap();
-        for _ in 0..4 {
-            d.assign();
-        }
-        let outcomes: Vec<JobOutcome> = (0..4).map(|_| submit(&w, 0)).map(|rx| rx.blocking_recv().unwrap()).collect();
-        assert_eq!(outcomes[0].result, Ok(vec![(0, 0.7)]));
-        assert!(outcomes[1].result.as_ref().unwrap_err().contains("boom"));
-        assert_eq!(outcomes[2].result, Ok(vec![(1, 0.9)]));
-        assert!(outcomes[3].result.as_ref().unwrap_err().contains("panicked"));
+        let mut model = Scripted(vec![Ok(vec![0.1, 0.9]), Err(anyhow::anyhow!("boom")), Ok(vec![0.7, 0.3])]);
+        let results: Vec<_> = (0..4)
+            .map(|_| {
+                d.begin(0);
+                execute(&mut model, 0, &[0.0], &d, 1).0
+            })
+            .collect();
+        assert_eq!(results[0], Ok(vec![(0, 0.7)]));
+        assert!(results[1].as_ref().unwrap_err().contains("boom"));
+        assert_eq!(results[2], Ok(vec![(1, 0.9)]));
+        assert!(results[3].as_ref().unwrap_err().contains("panicked"));
         // Every request left the queue's depth, failed or not.
         assert_eq!(d.snapshot()[0].depth, 0);
-        w.shutdown();
     }
 }

@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use super::Shared;
 use crate::protocol::codec::{frame_codec, is_frame_too_large};
 use crate::protocol::frame::peek_request_id;
-use crate::protocol::{Request, Response, Status, Timings};
-use crate::telemetry::RequestRecord;
+use crate::pipeline::error_reply;
+use crate::protocol::{Request, Response, Status};
 
 type Conn = Framed<TcpStream, LengthDelimitedCodec>;
 
@@ -42,7 +42,19 @@ pub(super) async fn handle(socket: TcpStream, peer: SocketAddr, shared: Arc<Shar
         };
         let arrival = Instant::now();
         let (response, mut record) = match Request::decode(body.clone()) {
-            Ok(req) => crate::pipeline::serve(&shared.engine, &shared.limits, req, arrival).await,
+            Ok(req) => {
+                let serving = crate::pipeline::serve(&shared.engine, &shared.limits, req, arrival);
+                // While the engine works, watch the socket: if the peer closes, dropping
+                // `serving` drops the answer's receiver, and the executor skips the request
+                // instead of spending a model run on an answer nobody will read.
+                tokio::select! {
+                    r = serving => r,
+                    _ = peer_closed(conn.get_ref()) => {
+                        tracing::debug!(%peer, "peer closed with a request in flight; abandoned");
+                        return;
+                    }
+                }
+            }
             Err(e) => error_reply(peek_request_id(&body), Status::BadRequest, e.to_string()),
         };
         let delivered = send(&mut conn, &response, &shared).await;
@@ -111,9 +123,15 @@ async fn answer_buffered_while_stopping(conn: &mut Conn, shared: &Shared) {
     }
 }
 
-pub(super) fn error_reply(id: u64, status: Status, msg: String) -> (Response, RequestRecord) {
-    let record = RequestRecord { status, model: None, timings: Timings::default(), estimate_us: None };
-    (Response::error(id, status, msg), record)
+/// Resolves when the peer has closed the connection (end of stream or an error). Bytes of a
+/// pipelined next frame mean the peer is still there: then it never resolves. A peer that only
+/// shuts down its sending side is taken as gone too: this protocol has no use for half-close.
+async fn peer_closed(socket: &TcpStream) {
+    let mut probe = [0u8; 1];
+    match socket.peek(&mut probe).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending::<()>().await,
+    }
 }
 
 /// Writes one response within the write timeout. `false` when the peer is gone or not reading.

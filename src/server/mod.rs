@@ -82,7 +82,7 @@ pub struct Server {
 impl Server {
     pub async fn bind(cfg: &ServerConfig, engine: Arc<Engine>, telemetry: Arc<Telemetry>) -> Result<Server> {
         let listener = listen(cfg.listen).with_context(|| format!("cannot listen on {}", cfg.listen))?;
-        engine.dispatcher.set_max_waiting(cfg.max_waiting);
+        engine.set_max_waiting(cfg.max_waiting);
         let shared = Arc::new(Shared { engine, telemetry, limits: Limits::from_config(cfg), open: AtomicUsize::new(0) });
         Ok(Server { listener, shared })
     }
