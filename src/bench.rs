@@ -4,6 +4,8 @@
 
 use std::time::Instant;
 
+pub mod overhead;
+
 use anyhow::Result;
 use serde::Serialize;
 

@@ -37,7 +37,7 @@ pub struct RunArgs {
     /// The latency bound T, in milliseconds.
     #[arg(long, value_name = "MS")]
     pub latency_bound_ms: Option<f64>,
-    /// Dispatch policy.
+    /// Dispatch policy: deadline (default), paper, static-best, static-cheapest.
     #[arg(long, value_name = "NAME")]
     pub policy: Option<String>,
     /// Stop after this many seconds.
@@ -133,6 +133,21 @@ pub enum Command {
         /// A short variant (under two minutes).
         #[arg(long)]
         quick: bool,
+        /// Top of the ramp (default: one step past the load where `static-cheapest` saturates).
+        #[arg(long, value_name = "N")]
+        max_clients: Option<usize>,
+        /// Clients added per level (default: 4 per core).
+        #[arg(long, value_name = "N")]
+        step: Option<usize>,
+        /// Seconds per level (default 15; 3 with --quick).
+        #[arg(long, value_name = "SECS")]
+        every: Option<f64>,
+        /// Policies to compare, comma-separated (default: all).
+        #[arg(long, value_name = "LIST", value_delimiter = ',')]
+        policies: Option<Vec<String>>,
+        /// Skip the second scenario (emulated uplink, adapting clients).
+        #[arg(long)]
+        no_link: bool,
     },
     /// Print where edgeinfer looks for its user config and keeps its data.
     Paths,
@@ -165,6 +180,27 @@ pub enum BenchCommand {
         /// Also write the results as JSON.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
+    },
+    /// CPU per request beside inference: per stage (decode, resize, decision, framing) and from
+    /// saturated `static-cheapest` throughput (k / X − c_cheapest), per input resolution.
+    Overhead {
+        /// Input resolutions (the fleet's JPEGs are made at each).
+        #[arg(long, value_delimiter = ',', default_value = "224,160,96")]
+        resolutions: Vec<u16>,
+        /// Iterations of the per-stage loop.
+        #[arg(long, default_value_t = 2000)]
+        iters: usize,
+        /// Seconds of each server run (saturated, then one client).
+        #[arg(long, default_value_t = 8.0)]
+        secs: f64,
+        /// Also write the results as JSON.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
+    /// The deadline policy's decision alone: hull + choice, per call.
+    Decision {
+        #[arg(long, default_value_t = 1_000_000)]
+        iters: usize,
     },
     /// Memory of idle connections: a headless server child holding COUNT idle connections.
     Connections {
@@ -312,10 +348,34 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
             runtime.block_on(crate::fleet::standalone::run(cfg, connect, opts))?;
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Experiment { out, quick }) => {
-            let opts = crate::experiment::ExperimentOptions { out: out.clone(), quick: *quick };
+        Some(Command::Experiment { out, quick, max_clients, step, every, policies, no_link }) => {
+            if let Some(bad) = policies.iter().flatten().find(|p| crate::dispatch::policy::mode(p).is_none()) {
+                return Err(anyhow!("unknown policy {bad:?}; known: {}", crate::dispatch::policy::NAMES.join(", ")));
+            }
+            let opts = crate::experiment::ExperimentOptions {
+                out: out.clone(),
+                quick: *quick,
+                max_clients: *max_clients,
+                step: *step,
+                every_s: *every,
+                policies: policies.clone(),
+                no_link: *no_link,
+            };
             let report = crate::experiment::run(&runtime, cli.config()?, &opts)?;
             println!("experiment: report written to {}", report.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Bench { what: BenchCommand::Overhead { resolutions, iters, secs, json } }) => {
+            let report = crate::bench::overhead::run(&runtime, &cli.config()?, resolutions, (*iters).max(1), *secs)?;
+            print!("{}", crate::bench::overhead::table(&report));
+            if let Some(p) = json {
+                crate::telemetry::summary::write_json(p, &report)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Bench { what: BenchCommand::Decision { iters } }) => {
+            let (p50, mean) = crate::bench::overhead::decision(cli.config()?, (*iters).max(1))?;
+            println!("deadline decision (hull + choice, 16-rung ladder): p50 {p50:.3} µs, mean {mean:.3} µs per call");
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Paths) => {

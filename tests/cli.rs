@@ -74,7 +74,7 @@ fn headless_run_serves_infer_and_writes_summary_and_timeseries() {
         assert!(s.get(key).is_some(), "summary lacks {key}: {s}");
     }
     assert_eq!(s["latency_bound_ms"], 40.0);
-    assert_eq!(s["policy"], "paper");
+    assert_eq!(s["policy"], "deadline", "the default policy");
     assert_eq!(s["requests"], 4);
     assert_eq!(s["errors"], 1);
     assert_eq!(s["models"].as_array().unwrap().len(), 3);

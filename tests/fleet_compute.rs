@@ -18,6 +18,8 @@ fn mean(v: &[f64]) -> f64 {
 async fn ramp_on_the_compute_bottleneck_lowers_accuracy_and_keeps_the_slo() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = common::config(dir.path(), BackendChoice::Auto);
+    // The paper's loop (the last queue always accepts): this test reads its per-queue estimates.
+    cfg.dispatch.policy = "paper".into();
     cfg.headless.status_interval_ms = 250;
     // A steadier seed for the moving averages, from which T is set below.
     cfg.dispatch.warmup_runs = 20;

@@ -21,8 +21,10 @@
 //! 3. **The request's own deadline** (SuperServe-style slack guard): the pick moves down the hull
 //!    until its cost fits what is left of this request's own `target × bound`.
 //! 4. **Shedding.** When even the cheapest model cannot finish before the request's (full)
-//!    deadline, the request is answered `overloaded` at once: running it would only make every
-//!    request behind it late too. This only happens past saturation.
+//!    deadline and other requests wait behind it, the request is answered `overloaded` at once:
+//!    running it would only make those late too. This only happens past saturation. A request
+//!    with nobody behind it is run on the cheapest model even if late: refusing it would free
+//!    the cores for no one.
 //!
 //! # The target and its equilibrium
 //! `target` (α) scales T into the latency the policy aims at, leaving room for the tail. It is
@@ -69,7 +71,7 @@ pub struct View<'a> {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Decision {
     Run { rung: usize, estimate_us: f64 },
-    /// Even the cheapest rung would finish after the deadline: answer `overloaded` now.
+    /// Even the cheapest rung would finish after the deadline, and others wait: answer `overloaded` now.
     Shed,
 }
 
@@ -120,7 +122,7 @@ pub fn choose(v: &View, hull: &[usize]) -> Decision {
     };
     let cost = |i: usize| v.rungs[i].cost_us;
     let run = |i: usize| Decision::Run { rung: i, estimate_us: v.waited_us + v.own_overhead_us + cost(i) };
-    if v.waited_us + v.own_overhead_us + cost(cheapest) > v.bound_us {
+    if v.behind > 0 && v.waited_us + v.own_overhead_us + cost(cheapest) > v.bound_us {
         return Decision::Shed;
     }
     let budget = share_budget(v);
@@ -275,7 +277,9 @@ mod tests {
     fn sheds_only_what_cannot_make_its_deadline() {
         let r = ladder();
         let h = hull_of(&r);
-        assert_eq!(choose(&View { waited_us: 49_700.0, ..view(&r) }, &h), Decision::Shed);
+        assert_eq!(choose(&View { waited_us: 49_700.0, behind: 3, ..view(&r) }, &h), Decision::Shed);
+        // Nobody behind it: refusing would free the cores for no one, so the cheapest runs it.
+        assert_eq!(rung(choose(&View { waited_us: 49_700.0, ..view(&r) }, &h)), 6);
         // Late for the target but the cheapest still fits the bound: run it rather than refuse.
         assert_eq!(rung(choose(&View { waited_us: 49_000.0, ..view(&r) }, &h)), 6);
     }

@@ -116,6 +116,10 @@ impl Engine {
                     let median = warm_up(&mut s, runs).with_context(|| format!("warm-up of model {:?}", spec.name))?;
                     tracing::info!(model = %spec.name, warmup_ms = median / 1000.0, "model ready");
                     warmup_us.push(median);
+                } else {
+                    // A session's first run allocates its memory arenas and is several times
+                    // slower: every copy runs once here, not on a live request.
+                    warm_up(&mut s, 1).with_context(|| format!("warm-up of model {:?}", spec.name))?;
                 }
                 set.push(Box::new(s));
             }

@@ -152,21 +152,24 @@ impl Preprocessor {
     /// Resizes the decoded picture to the model's input side and writes the normalised tensor
     /// into `out` (cleared first) in the model's layout.
     pub fn tensor_into(&mut self, input: &InputSpec, out: &mut Vec<f32>) {
-        let side = input.size;
+        let pixels = self.resized(input.size);
+        normalise_into(pixels, input, out);
+    }
+
+    /// The decoded picture resized to `side` × `side` (interleaved RGB), in this thread's buffer.
+    pub fn resized(&mut self, side: u32) -> &[u8] {
         let (w, h) = (self.width, self.height);
         let src_len = w as usize * h as usize * 3;
-        let pixels: &[u8] = if w == side && h == side {
-            &self.pixels[..src_len]
-        } else {
-            let dst_len = side as usize * side as usize * 3;
-            self.resized.resize(dst_len, 0);
-            let src = fir::images::ImageRef::new(w, h, &self.pixels[..src_len], fir::PixelType::U8x3).expect("decoded buffer matches its size");
-            let mut dst = fir::images::Image::from_slice_u8(side, side, &mut self.resized[..dst_len], fir::PixelType::U8x3)
-                .expect("resize buffer matches the model input");
-            self.resizer.resize(&src, &mut dst, &self.options).expect("same pixel type on both sides");
-            &self.resized[..dst_len]
-        };
-        normalise_into(pixels, input, out);
+        if w == side && h == side {
+            return &self.pixels[..src_len];
+        }
+        let dst_len = side as usize * side as usize * 3;
+        self.resized.resize(dst_len, 0);
+        let src = fir::images::ImageRef::new(w, h, &self.pixels[..src_len], fir::PixelType::U8x3).expect("decoded buffer matches its size");
+        let mut dst = fir::images::Image::from_slice_u8(side, side, &mut self.resized[..dst_len], fir::PixelType::U8x3)
+            .expect("resize buffer matches the model input");
+        self.resizer.resize(&src, &mut dst, &self.options).expect("same pixel type on both sides");
+        &self.resized[..dst_len]
     }
 
     /// A copy of the decoded picture (tests, tools).
@@ -193,7 +196,7 @@ pub fn dct_scale(width: u32, height: u32, min_side: u32) -> u32 {
 }
 
 /// `(pixel − mean) / std` per channel, in the model's channel order and layout, in one pass.
-fn normalise_into(pixels: &[u8], input: &InputSpec, out: &mut Vec<f32>) {
+pub fn normalise_into(pixels: &[u8], input: &InputSpec, out: &mut Vec<f32>) {
     let plane = pixels.len() / 3;
     out.clear();
     out.resize(plane * 3, 0.0);
@@ -223,6 +226,19 @@ fn normalise_into(pixels: &[u8], input: &InputSpec, out: &mut Vec<f32>) {
             }
         }
     }
+}
+
+/// Normalises a picture already at the model's input size (one-off; benchmarks compare paths).
+pub fn to_tensor_unresized(img: &RgbImage, input: &InputSpec) -> Vec<f32> {
+    let mut out = Vec::new();
+    normalise_into(img.as_raw(), input, &mut out);
+    out
+}
+
+/// Mean |a − b| of two tensors of one model input, on the 0–255 pixel scale.
+pub fn mean_abs_diff_tensors(a: &[f32], b: &[f32], input: &InputSpec) -> f64 {
+    let std = input.std.iter().map(|v| *v as f64).sum::<f64>() / 3.0;
+    a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).abs()).sum::<f64>() / a.len().max(1) as f64 * std
 }
 
 /// Decodes a JPEG or PNG at full size (a one-off [`Preprocessor`]; tools, tests, fuzzing).

@@ -51,11 +51,18 @@ pub struct Optimum {
     pub feasible: bool,
 }
 
-/// The optimum mean accuracy with `clients` closed-loop clients, `workers` workers and bound T.
+/// The optimum mean accuracy with `clients` closed-loop clients, `workers` workers and bound T,
+/// counting inference only.
 pub fn optimum(models: &[Point], clients: usize, workers: usize, bound_ms: f64) -> Option<Optimum> {
+    optimum_within(models, workers as f64 * bound_ms / clients.max(1) as f64)
+}
+
+/// The optimum mean accuracy for a mean inference budget per request. The decode-aware optimum
+/// passes `k·T/N − o`: every request also costs `o` of CPU beside inference (decode, resize,
+/// sockets), which no model choice can avoid.
+pub fn optimum_within(models: &[Point], budget_ms: f64) -> Option<Optimum> {
     let hull = upper_hull(models);
     let (first, last) = (*hull.first()?, *hull.last()?);
-    let budget_ms = workers as f64 * bound_ms / clients.max(1) as f64;
     if budget_ms < first.cost_ms {
         return Some(Optimum { budget_ms, accuracy: first.accuracy, feasible: false });
     }
@@ -107,6 +114,14 @@ mod tests {
         let o = optimum(&pts, 100, 2, 30.0).unwrap();
         assert_eq!((o.accuracy, o.feasible), (40.0, false));
         assert!((o.budget_ms - 0.6).abs() < 1e-12);
+    }
+
+    #[test]
+    fn decode_aware_optimum_spends_less() {
+        let pts = [p(1.0, 40.0), p(2.0, 60.0), p(4.0, 70.0)];
+        // 2 workers, T = 30 ms, 20 clients: 3 ms per request, 1 ms of it overhead: 2 ms for inference.
+        assert_eq!(optimum_within(&pts, 2.0 * 30.0 / 20.0 - 1.0).unwrap().accuracy, 60.0);
+        assert_eq!(optimum(&pts, 20, 2, 30.0).unwrap().accuracy, 65.0);
     }
 
     #[test]

@@ -1,0 +1,252 @@
+//! `edgeinfer bench overhead`: the CPU a request costs beside inference, measured two ways in
+//! one run, for JPEG inputs at several resolutions.
+//!
+//! 1. **Per stage**, on one thread with no sockets: decode, resize + normalise (into the cheapest
+//!    model's input), the policy's decision, and framing (request and response, encoded and
+//!    decoded, as both ends in one process do). The `image`-crate path this replaced (full
+//!    decode, `imageops::resize` with the triangle filter, a separate normalise pass) is timed
+//!    beside it on the same pictures, and the mean absolute difference between the two resizes
+//!    is reported: what the models see differently.
+//! 2. **From throughput**: the whole server with the in-process fleet, `static-cheapest`,
+//!    saturated (16 clients per core): `k / X − c_cheapest`, everything a request costs beside
+//!    the model — the stages above plus sockets, the kernel, the async runtime and the fleet.
+//!    And one client alone: its round trip minus the model's inference, the serving overhead a
+//!    single device sees.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bytes::BytesMut;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::dispatch::deadline::{self, Rung, View};
+use crate::engine::preprocess::{self, Preprocessor};
+use crate::engine::session::ModelSession;
+use crate::engine::{backend, warm_up};
+use crate::fleet::images::ImageSet;
+use crate::headless::{self, HeadlessOptions};
+use crate::models::{Ladder, ModelSpec};
+use crate::protocol::{Class, Request, Response, Status, Timings};
+use crate::service::Service;
+
+#[derive(Debug, Serialize)]
+pub struct StageTimes {
+    pub decode_us: f64,
+    pub resize_us: f64,
+    pub normalise_us: f64,
+    pub decision_us: f64,
+    pub framing_us: f64,
+    pub total_us: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ResolutionRow {
+    pub resolution: u16,
+    pub jpeg_bytes: usize,
+    /// This build's path, per stage, p50 over the iterations.
+    pub stages: StageTimes,
+    /// The `image`-crate path it replaced: decode, resize, normalise.
+    pub previous_decode_resize_us: f64,
+    /// Mean |new − previous| of the resized pixels, on a 0–255 scale.
+    pub resize_mean_abs_diff: f64,
+    /// Saturated `static-cheapest`: requests per second and `k / X − c_cheapest`, ms.
+    pub saturated_rps: f64,
+    pub overhead_ms: f64,
+    /// One client alone: round trip p50 minus inference p50, ms.
+    pub one_client_overhead_ms: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OverheadReport {
+    pub cores: usize,
+    pub cheapest_model: String,
+    pub cheapest_p50_ms: f64,
+    pub rows: Vec<ResolutionRow>,
+}
+
+fn p50(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Times the stages for `images` (one JPEG per scene at this resolution).
+fn stages(images: &ImageSet, level: usize, spec: &ModelSpec, ladder: &[ModelSpec], iters: usize) -> (StageTimes, f64, f64) {
+    let min_side = ladder.iter().map(|m| m.input.size).max().unwrap_or(0);
+    let mut pre = Preprocessor::new();
+    let mut tensor = Vec::new();
+    let rungs: Vec<Rung> = ladder.iter().enumerate().map(|(i, m)| Rung { cost_us: 400.0 * (ladder.len() - i) as f64, accuracy: m.accuracy as f64 }).collect();
+    let mut hull = Vec::new();
+    let (mut dec, mut rsz, mut nrm, mut dcs, mut frm, mut prev) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut diff = 0.0;
+    let mut buf = BytesMut::new();
+    for i in 0..iters {
+        let jpeg = images.get(i, level);
+        let t0 = Instant::now();
+        pre.decode(&jpeg, u64::MAX, min_side).expect("fleet images decode");
+        let t1 = Instant::now();
+        let resized = pre.resized(spec.input.size);
+        let t1b = Instant::now();
+        preprocess::normalise_into(resized, &spec.input, &mut tensor);
+        let t2 = Instant::now();
+        deadline::hull(&rungs, &mut hull);
+        let v = View {
+            rungs: &rungs,
+            overhead_us: 500.0,
+            own_overhead_us: 50.0,
+            bound_us: 50_000.0,
+            waited_us: 1_000.0 + i as f64,
+            behind: i % 64,
+            newest_slack_us: 45_000.0,
+            busy_us: 2_000.0,
+            workers: 2,
+            target: 0.9,
+            dither: (i % 97) as f64 / 97.0,
+        };
+        std::hint::black_box(deadline::choose(&v, &hull));
+        let t3 = Instant::now();
+        // Both ends of the wire, as the in-process fleet does them.
+        buf.clear();
+        Request { request_id: i as u64, client_id: 1, resolution: 224, token: String::new(), image: jpeg.clone() }.encode(&mut buf);
+        let req = Request::decode(buf.split().freeze()).expect("own request decodes");
+        let resp = Response { request_id: req.request_id, status: Status::Ok, message: String::new(), model: None, top: (0..5).map(|c| Class { index: c, score: 0.1, label: None }).collect(), timings: Timings::default() };
+        resp.encode(&mut buf);
+        std::hint::black_box(Response::decode(&buf.split()).expect("own response decodes"));
+        let t4 = Instant::now();
+        // The previous path, on the same picture.
+        let img = image::load_from_memory(&jpeg).expect("fleet images decode").into_rgb8();
+        let old = image::imageops::resize(&img, spec.input.size, spec.input.size, image::imageops::FilterType::Triangle);
+        let old_tensor = preprocess::to_tensor_unresized(&old, &spec.input);
+        let t5 = Instant::now();
+        if i < 16 {
+            diff += preprocess::mean_abs_diff_tensors(&tensor, &old_tensor, &spec.input);
+        }
+        let us = |a: Instant, b: Instant| b.duration_since(a).as_secs_f64() * 1e6;
+        dec.push(us(t0, t1));
+        rsz.push(us(t1, t1b));
+        nrm.push(us(t1b, t2));
+        dcs.push(us(t2, t3));
+        frm.push(us(t3, t4));
+        prev.push(us(t4, t5));
+    }
+    let (decode_us, resize_us, normalise_us, decision_us, framing_us) = (p50(dec), p50(rsz), p50(nrm), p50(dcs), p50(frm));
+    let total_us = decode_us + resize_us + normalise_us + decision_us + framing_us;
+    let st = StageTimes { decode_us, resize_us, normalise_us, decision_us, framing_us, total_us };
+    (st, p50(prev), diff / iters.clamp(1, 16) as f64)
+}
+
+async fn saturated(cfg: &Config, resolution: u16, clients: usize, secs: f64) -> Result<(f64, Option<f64>, Option<f64>)> {
+    let mut c = cfg.clone();
+    c.dispatch.policy = "static-cheapest".into();
+    c.server.listen = "127.0.0.1:0".parse().expect("literal address");
+    c.fleet.clients = clients;
+    c.fleet.ramp_at_start = false;
+    c.fleet.link.enabled = false;
+    c.fleet.resolutions = vec![resolution];
+    let service = Service::start(c).await?;
+    let report = headless::drive(service, HeadlessOptions { duration: Some(Duration::from_secs_f64(secs)), summary: None, timeseries: None }).await?;
+    // The first two intervals are the start-up transient.
+    let steady: Vec<f64> = report.rows.iter().skip(2).filter(|r| r.clients == clients).map(|r| r.rps).collect();
+    let rps = if steady.is_empty() { report.summary.throughput_rps } else { steady.iter().sum::<f64>() / steady.len() as f64 };
+    let round_trip = report.summary.client_latency_ms.as_ref().and_then(|l| l.p50);
+    let inference = report.summary.models.iter().rev().find(|m| m.served > 0).and_then(|m| m.p50_ms);
+    Ok((rps, round_trip, inference))
+}
+
+pub fn run(runtime: &tokio::runtime::Runtime, cfg: &Config, resolutions: &[u16], iters: usize, secs: f64) -> Result<OverheadReport> {
+    let cores = cfg.engine.pool_workers();
+    backend::init(&cfg.engine)?;
+    let mut ladder = Ladder::load(&cfg.models.manifest)?;
+    ladder.ensure_files(&crate::config::data_dir().join("models"))?;
+    let cheapest = ladder.models.last().context("empty ladder")?.clone();
+    let mut session = ModelSession::load(&cheapest, cfg.engine.intra_threads)?;
+    warm_up(&mut session, 5)?;
+    let cheapest_p50_ms = warm_up(&mut session, 200)? / 1000.0;
+    drop(session);
+    let mut rows = Vec::new();
+    for &r in resolutions {
+        let images = match cfg.fleet.images.as_os_str().is_empty() {
+            true => ImageSet::synthetic(&[r], cfg.fleet.jpeg_quality)?,
+            false => ImageSet::from_dir(&cfg.fleet.images, &[r], cfg.fleet.jpeg_quality)?,
+        };
+        eprintln!("bench overhead: {r} px: stages…");
+        let (stages, previous, diff) = stages(&images, 0, &cheapest, &ladder.models, iters);
+        eprintln!("bench overhead: {r} px: saturated static-cheapest, {} clients, {secs} s…", 16 * cores);
+        let (rps, _, _) = runtime.block_on(saturated(cfg, r, 16 * cores, secs))?;
+        eprintln!("bench overhead: {r} px: one client, {secs} s…");
+        let (_, rt, inf) = runtime.block_on(saturated(cfg, r, 1, secs))?;
+        rows.push(ResolutionRow {
+            resolution: r,
+            jpeg_bytes: images.mean_bytes()[0],
+            stages,
+            previous_decode_resize_us: previous,
+            resize_mean_abs_diff: diff,
+            saturated_rps: rps,
+            overhead_ms: cores as f64 * 1000.0 / rps.max(1e-9) - cheapest_p50_ms,
+            one_client_overhead_ms: rt.zip(inf).map(|(a, b)| a - b),
+        });
+    }
+    Ok(OverheadReport { cores, cheapest_model: cheapest.name, cheapest_p50_ms, rows })
+}
+
+pub fn table(r: &OverheadReport) -> String {
+    let mut s = format!(
+        "{} cores; cheapest model {} at {:.3} ms (bare p50)\n\n| input px | JPEG bytes | decode µs | resize µs | normalise µs | decision µs | framing µs | stages µs | previous decode+resize µs | resize Δ (0–255) | saturated req/s | overhead ms (k/X − c) | 1-client overhead ms |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        r.cores, r.cheapest_model, r.cheapest_p50_ms
+    );
+    for x in &r.rows {
+        let st = &x.stages;
+        s.push_str(&format!(
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.1} | {:.2} | {:.0} | {:.3} | {} |\n",
+            x.resolution,
+            x.jpeg_bytes,
+            st.decode_us,
+            st.resize_us,
+            st.normalise_us,
+            st.decision_us,
+            st.framing_us,
+            st.total_us,
+            x.previous_decode_resize_us,
+            x.resize_mean_abs_diff,
+            x.saturated_rps,
+            x.overhead_ms,
+            x.one_client_overhead_ms.map(|v| format!("{v:.3}")).unwrap_or_else(|| "–".into())
+        ));
+    }
+    s
+}
+
+/// The deadline policy's decision alone (hull + choice) on the configured ladder's declared
+/// accuracies with its bare costs: p50 of batches of 1,000 calls and the overall mean, µs per call.
+pub fn decision(cfg: Config, iters: usize) -> Result<(f64, f64)> {
+    let ladder = Ladder::load(&cfg.models.manifest)?;
+    let n = ladder.models.len();
+    let rungs: Vec<Rung> = ladder.models.iter().enumerate().map(|(i, m)| Rung { cost_us: 400.0 + 800.0 * (n - 1 - i) as f64, accuracy: m.accuracy as f64 }).collect();
+    let mut hull = Vec::with_capacity(n);
+    let mut batches = Vec::new();
+    let start = Instant::now();
+    let mut done = 0;
+    while done < iters {
+        let t = Instant::now();
+        for i in 0..1000 {
+            deadline::hull(&rungs, &mut hull);
+            let v = View {
+                rungs: &rungs,
+                overhead_us: 500.0,
+                own_overhead_us: 50.0,
+                bound_us: 50_000.0,
+                waited_us: (i % 40) as f64 * 1000.0,
+                behind: i % 64,
+                newest_slack_us: 45_000.0,
+                busy_us: 2_000.0,
+                workers: 2,
+                target: 0.9,
+                dither: (i % 97) as f64 / 97.0,
+            };
+            std::hint::black_box(deadline::choose(std::hint::black_box(&v), &hull));
+        }
+        batches.push(t.elapsed().as_secs_f64() * 1e6 / 1000.0);
+        done += 1000;
+    }
+    Ok((p50(batches), start.elapsed().as_secs_f64() * 1e6 / done as f64))
+}

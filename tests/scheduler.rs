@@ -1,0 +1,182 @@
+//! The shared executor and the default `deadline` policy end to end, through the engine's one
+//! door (`Engine::submit`), with stand-in models of known cost: a "model" sleeps for its cost,
+//! so the timing under test does not depend on how busy the test machine's CPUs are.
+//!
+//! Checked: T holds at light and heavy load; spare capacity is spent on accuracy (light load
+//! takes the best model, heavy load mixes up to what the budget allows, well above the cheapest
+//! alone); a request whose requester is gone never reaches a model; admission is exact.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use edgeinfer::config::{BackendChoice, Config};
+use edgeinfer::engine::worker::Infer;
+use edgeinfer::engine::{backend, Engine};
+use edgeinfer::experiment::optimum::{optimum, Point};
+use edgeinfer::models::{ChannelOrder, InputSpec, Layout, ModelSpec, OutputKind};
+
+mod common;
+
+/// Sleeps for its cost; counts its runs.
+struct Sleeper {
+    cost: Duration,
+    runs: Arc<AtomicUsize>,
+}
+
+impl Infer for Sleeper {
+    fn infer(&mut self, _input: &[f32]) -> anyhow::Result<Vec<f32>> {
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        std::thread::sleep(self.cost);
+        Ok(vec![0.5, 0.25, 0.25])
+    }
+}
+
+fn spec(name: &str, accuracy: f32) -> ModelSpec {
+    ModelSpec {
+        name: name.into(),
+        path: "/dev/null".into(),
+        accuracy,
+        input: InputSpec { name: "input".into(), size: 8, layout: Layout::Nchw, channels: ChannelOrder::Rgb, mean: [0.0; 3], std: [1.0; 3] },
+        output: OutputKind::Probabilities,
+        labels: None,
+        synthetic: None,
+    }
+}
+
+/// Ladder: (cost ms, accuracy), most accurate first.
+const LADDER: [(f64, f32); 4] = [(20.0, 70.0), (10.0, 60.0), (5.0, 50.0), (2.5, 40.0)];
+const WORKERS: usize = 2;
+const T_MS: f64 = 100.0;
+
+fn engine(runs: &Arc<AtomicUsize>, max_waiting: usize) -> Engine {
+    let mut cfg = Config::default();
+    cfg.engine.backend = BackendChoice::Tract; // no model files are loaded; any backend will do
+    cfg.dispatch.latency_bound_ms = T_MS;
+    cfg.server.max_waiting = max_waiting;
+    assert_eq!(cfg.dispatch.policy, "deadline", "the default policy is under test");
+    let backend = backend::init(&cfg.engine).unwrap();
+    let specs = LADDER.iter().enumerate().map(|(i, (_, a))| spec(&format!("m{i}"), *a)).collect();
+    let sets = (0..WORKERS)
+        .map(|_| LADDER.iter().map(|(ms, _)| Box::new(Sleeper { cost: Duration::from_secs_f64(ms / 1e3), runs: runs.clone() }) as Box<dyn Infer>).collect())
+        .collect();
+    let warmup = LADDER.iter().map(|(ms, _)| ms * 1000.0).collect();
+    Engine::from_model_sets(&cfg, backend, specs, sets, warmup).unwrap()
+}
+
+struct Load {
+    requests: usize,
+    within_t: usize,
+    refused: usize,
+    accuracy_sum: f64,
+    top_model: usize,
+}
+
+/// `clients` closed-loop clients for `secs`, each submitting a tiny PNG and waiting for its answer.
+async fn closed_loop(engine: &Arc<Engine>, clients: usize, secs: f64) -> Load {
+    let png = Bytes::from(common::png(8, 8));
+    let stop = Instant::now() + Duration::from_secs_f64(secs);
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (engine, png) = (engine.clone(), png.clone());
+            tokio::spawn(async move {
+                let mut l = Load { requests: 0, within_t: 0, refused: 0, accuracy_sum: 0.0, top_model: 0 };
+                while Instant::now() < stop {
+                    let arrival = Instant::now();
+                    let answer = engine.submit(png.clone(), arrival, None).expect("admitted").await.expect("answered");
+                    l.requests += 1;
+                    match (answer.result, answer.model) {
+                        (Ok(_), Some(m)) => {
+                            l.within_t += (arrival.elapsed().as_secs_f64() * 1e3 <= T_MS) as usize;
+                            l.accuracy_sum += LADDER[m].1 as f64;
+                            l.top_model += (m == 0) as usize;
+                        }
+                        _ => l.refused += 1,
+                    }
+                }
+                l
+            })
+        })
+        .collect();
+    let mut total = Load { requests: 0, within_t: 0, refused: 0, accuracy_sum: 0.0, top_model: 0 };
+    for t in tasks {
+        let l = t.await.unwrap();
+        total.requests += l.requests;
+        total.within_t += l.within_t;
+        total.refused += l.refused;
+        total.accuracy_sum += l.accuracy_sum;
+        total.top_model += l.top_model;
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_holds_t_and_spends_spare_capacity_on_accuracy() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let engine = Arc::new(engine(&runs, 4096));
+    let points: Vec<Point> = LADDER.iter().map(|(c, a)| Point { cost_ms: *c, accuracy: *a as f64 }).collect();
+
+    // Light load: 2 clients, one per worker: every request can have the best model.
+    let light = closed_loop(&engine, 2, 1.5).await;
+    assert!(light.requests > 20, "{}", light.requests);
+    assert!(light.top_model as f64 >= 0.95 * light.requests as f64, "light load must use the best model: {}/{}", light.top_model, light.requests);
+
+    // Heavy load: 32 clients. The best mix within T averages 2·100/32 = 6.25 ms per request:
+    // between the 5 ms and 10 ms rungs, 52.5 % accuracy; the cheapest alone gives 40 %.
+    let heavy = closed_loop(&engine, 32, 4.0).await;
+    let served = heavy.requests - heavy.refused;
+    let slo = heavy.within_t as f64 / heavy.requests as f64;
+    let accuracy = heavy.accuracy_sum / served as f64;
+    let best = optimum(&points, 32, WORKERS, T_MS).unwrap().accuracy;
+    assert!(slo >= 0.97, "T must hold under load: {slo:.3} of {} requests within T", heavy.requests);
+    assert!(accuracy >= 0.9 * best, "spare capacity must go to accuracy: {accuracy:.1} vs optimum {best:.1}");
+    assert!(accuracy > 45.0, "well above the cheapest model alone (40): {accuracy:.1}");
+    // The policy's latency target stayed in its range and every request left the system.
+    let target = engine.target().unwrap();
+    assert!((0.2..=1.0).contains(&target), "{target}");
+    assert_eq!(engine.in_system(), 0);
+    let engine = Arc::try_unwrap(engine).ok().expect("no client holds the engine");
+    tokio::task::spawn_blocking(move || engine.shutdown()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_whose_requester_is_gone_never_reach_a_model() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let engine = engine(&runs, 4096);
+    let png = Bytes::from(common::png(8, 8));
+    // Two requests occupy both workers; 20 more queue behind them and are abandoned at once.
+    let kept: Vec<_> = (0..2).map(|_| engine.submit(png.clone(), Instant::now(), None).unwrap()).collect();
+    for _ in 0..20 {
+        drop(engine.submit(png.clone(), Instant::now(), None).unwrap());
+    }
+    for rx in kept {
+        assert!(rx.await.unwrap().result.is_ok());
+    }
+    assert!(common::eventually(5, || engine.in_system() == 0).await, "abandoned requests left the count");
+    assert_eq!(engine.abandoned(), 20);
+    assert_eq!(runs.load(Ordering::Relaxed), 2, "only the two kept requests ran");
+    tokio::task::spawn_blocking(move || engine.shutdown()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_counts_every_request_in_the_system_exactly() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let engine = Arc::new(engine(&runs, 5));
+    let png = Bytes::from(common::png(8, 8));
+    // 40 simultaneous submissions from 8 threads: exactly 5 get in, however they interleave.
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let (engine, png) = (engine.clone(), png.clone());
+            std::thread::spawn(move || (0..5).filter_map(|_| engine.submit(png.clone(), Instant::now(), None).ok()).collect::<Vec<_>>())
+        })
+        .collect();
+    let admitted: Vec<_> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    assert_eq!(admitted.len(), 5);
+    for rx in admitted {
+        rx.await.unwrap();
+    }
+    assert!(common::eventually(5, || engine.in_system() == 0).await);
+    let engine = Arc::try_unwrap(engine).ok().expect("no thread holds the engine");
+    tokio::task::spawn_blocking(move || engine.shutdown()).await.unwrap();
+}
