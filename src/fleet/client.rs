@@ -26,6 +26,9 @@ pub struct ClientState {
     last_latency_us: AtomicU64,
     requests: AtomicU64,
     errors: AtomicU64,
+    /// Label of the last `ok` answer's top class (a pretrained ladder with labels), so a live
+    /// demo with real photos shows what each client is being told.
+    last_label: parking_lot::Mutex<Option<Arc<str>>>,
 }
 
 impl ClientState {
@@ -45,6 +48,17 @@ impl ClientState {
             last_latency_ms: (last != u64::MAX).then(|| last as f64 / 1000.0),
             requests: self.requests.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
+            last_label: self.last_label.lock().clone(),
+        }
+    }
+
+    fn record_label(&self, resp: &Response) {
+        let Some(label) = resp.top.first().and_then(|c| c.label.as_deref()) else { return };
+        let mut last = self.last_label.lock();
+        // Clients cycle through a few photos: most answers repeat the last label, so only a
+        // change allocates.
+        if last.as_deref() != Some(label) {
+            *last = Some(label.into());
         }
     }
 }
@@ -110,6 +124,7 @@ pub(super) async fn run(id: u32, shared: Arc<Shared>, state: Arc<ClientState>, s
         match result {
             Ok(resp) if resp.status == Status::Ok => {
                 state.last_latency_us.store(latency_us, Ordering::Relaxed);
+                state.record_label(&resp);
                 shared.stats.record(Outcome::Ok { latency_us, accuracy: accuracy(&resp) });
                 if ctl.observe(&shared.params, latency_us as f64 / 1000.0, Instant::now()).is_some() {
                     state.level.store(ctl.level() as u8, Ordering::Relaxed);
