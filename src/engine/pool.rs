@@ -88,21 +88,22 @@ impl Pool {
     }
 }
 
-/// A small fast generator for the policy's mix draws (SplitMix64); seeded per worker.
-struct Dither(u64);
+/// The policy's mix draws: an additive recurrence by the golden ratio, a low-discrepancy
+/// sequence. Over any run of requests the share that takes the dearer model tracks the policy's
+/// probability far more evenly than random draws would, so the work queued ahead of a request —
+/// and with it the latency — varies less. Offset per worker.
+struct Dither(f64);
 
 impl Dither {
     fn next(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+        self.0 = (self.0 + 0.618_033_988_749_895) % 1.0;
+        self.0
     }
 }
 
 /// One worker's loop: everything a request needs, on this thread, with buffers it keeps.
 fn run(w: usize, mut models: Vec<Box<dyn Infer>>, s: &Shared) {
+    super::lower_thread_priority(s.limits.nice);
     let n = s.specs.len();
     let accuracies: Vec<f64> = s.specs.iter().map(|m| m.accuracy as f64).collect();
     let min_side = s.specs.iter().map(|m| m.input.size).max().unwrap_or(0);
@@ -110,7 +111,7 @@ fn run(w: usize, mut models: Vec<Box<dyn Infer>>, s: &Shared) {
     let mut tensor = Vec::new();
     let mut rungs = Vec::with_capacity(n);
     let mut hull = Vec::with_capacity(n);
-    let mut dither = Dither(0x5EED ^ (w as u64) << 32);
+    let mut dither = Dither((w as f64 * 0.37) % 1.0);
     // This worker's average resize + normalise time: what is still ahead of a decoded request.
     let mut resize_us = 0.0;
     while let Some(Taken { ticket, behind, newest_slack_us }) = s.intake.take() {
@@ -169,7 +170,7 @@ fn run(w: usize, mut models: Vec<Box<dyn Infer>>, s: &Shared) {
             continue;
         };
         let resize_start = Instant::now();
-        pre.tensor_into(&s.specs[m].input, &mut tensor);
+        pre.tensor_into(&s.specs[m].input, s.specs[m].resize, &mut tensor);
         let started = Instant::now();
         resize_us = if resize_us == 0.0 { us(started - resize_start) } else { ewma(resize_us, us(started - resize_start), 0.05) };
         let preprocess_us = started.duration_since(taken).as_micros() as u64;

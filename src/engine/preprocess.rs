@@ -24,6 +24,7 @@ use zune_core::bytestream::ZCursor;
 use zune_core::options::DecoderOptions;
 use zune_jpeg::JpegDecoder;
 
+use crate::models::geometry::{self, ResizeMode};
 use crate::models::{ChannelOrder, InputSpec, Layout};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -80,10 +81,29 @@ impl Preprocessor {
             return Err(ImageError::Empty);
         }
         match image::guess_format(bytes) {
-            Ok(ImageFormat::Jpeg) => self.decode_jpeg(bytes, max_pixels, min_side),
+            Ok(ImageFormat::Jpeg) => {
+                self.decode_jpeg(bytes, max_pixels, min_side)?;
+                // Phones store portrait photos sideways and say so in EXIF: turn the picture
+                // upright before anything looks at it. Upright pictures (nearly all) cost a scan
+                // of the headers and nothing else.
+                let orientation = geometry::exif_orientation(bytes);
+                if orientation != 1 {
+                    self.reorient(orientation);
+                }
+                Ok(())
+            }
             Ok(ImageFormat::Png) => self.decode_png(bytes, max_pixels),
             _ => Err(ImageError::UnsupportedFormat),
         }
+    }
+
+    fn reorient(&mut self, orientation: u8) {
+        let len = self.width as usize * self.height as usize * 3;
+        self.pixels.truncate(len);
+        let img = RgbImage::from_raw(self.width, self.height, std::mem::take(&mut self.pixels)).expect("buffer matches its size");
+        let img = geometry::apply_orientation(img, orientation);
+        (self.width, self.height) = img.dimensions();
+        self.pixels = img.into_raw();
     }
 
     fn decode_jpeg(&mut self, bytes: &[u8], max_pixels: u64, min_side: u32) -> Result<(), ImageError> {
@@ -149,26 +169,30 @@ impl Preprocessor {
         (self.width, self.height) = img.dimensions();
     }
 
-    /// Resizes the decoded picture to the model's input side and writes the normalised tensor
-    /// into `out` (cleared first) in the model's layout.
-    pub fn tensor_into(&mut self, input: &InputSpec, out: &mut Vec<f32>) {
-        let pixels = self.resized(input.size);
+    /// Resizes the decoded picture to the model's input side (the whole picture, or its
+    /// central crop, as `mode` says) and writes the normalised tensor into `out` (cleared first)
+    /// in the model's layout.
+    pub fn tensor_into(&mut self, input: &InputSpec, mode: ResizeMode, out: &mut Vec<f32>) {
+        let pixels = self.resized(input.size, mode);
         normalise_into(pixels, input, out);
     }
 
-    /// The decoded picture resized to `side` × `side` (interleaved RGB), in this thread's buffer.
-    pub fn resized(&mut self, side: u32) -> &[u8] {
+    /// The decoded picture (or its `mode` crop) resized to `side` × `side` (interleaved RGB), in
+    /// this thread's buffer. The crop is part of the resize: only the cropped region is read.
+    pub fn resized(&mut self, side: u32, mode: ResizeMode) -> &[u8] {
         let (w, h) = (self.width, self.height);
         let src_len = w as usize * h as usize * 3;
-        if w == side && h == side {
+        if w == side && h == side && mode == ResizeMode::Stretch {
             return &self.pixels[..src_len];
         }
+        let crop = geometry::source_rect(w, h, side, mode);
+        let options = self.options.crop(crop.x, crop.y, crop.w, crop.h);
         let dst_len = side as usize * side as usize * 3;
         self.resized.resize(dst_len, 0);
         let src = fir::images::ImageRef::new(w, h, &self.pixels[..src_len], fir::PixelType::U8x3).expect("decoded buffer matches its size");
         let mut dst = fir::images::Image::from_slice_u8(side, side, &mut self.resized[..dst_len], fir::PixelType::U8x3)
             .expect("resize buffer matches the model input");
-        self.resizer.resize(&src, &mut dst, &self.options).expect("same pixel type on both sides");
+        self.resizer.resize(&src, &mut dst, &options).expect("same pixel type on both sides");
         &self.resized[..dst_len]
     }
 
@@ -253,7 +277,7 @@ pub fn to_tensor(img: &RgbImage, input: &InputSpec) -> Vec<f32> {
     let mut p = Preprocessor::new();
     p.load(img);
     let mut out = Vec::new();
-    p.tensor_into(input, &mut out);
+    p.tensor_into(input, ResizeMode::Stretch, &mut out);
     out
 }
 
@@ -350,8 +374,8 @@ mod tests {
         full.decode(&j, 1 << 24, 0).unwrap();
         let s = spec(Layout::Nhwc, ChannelOrder::Rgb, 128);
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        p.tensor_into(&s, &mut a);
-        full.tensor_into(&s, &mut b);
+        p.tensor_into(&s, ResizeMode::Stretch, &mut a);
+        full.tensor_into(&s, ResizeMode::Stretch, &mut b);
         let mad = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32;
         assert!(mad < 12.0, "scaled decode differs by {mad} per value on a 0..255 scale");
     }
@@ -387,11 +411,38 @@ mod tests {
             let mut p = Preprocessor::new();
             p.load(&img);
             let mut t = Vec::new();
-            p.tensor_into(&spec(Layout::Nhwc, ChannelOrder::Rgb, side), &mut t);
+            p.tensor_into(&spec(Layout::Nhwc, ChannelOrder::Rgb, side), ResizeMode::Stretch, &mut t);
             let ours: Vec<u8> = t.iter().map(|v| *v as u8).collect();
             let mad = mean_abs_diff(&ours, theirs.as_raw());
             assert!(mad < 1.5, "{side} px: mean absolute difference {mad}");
         }
+    }
+
+    #[test]
+    fn center_crop_matches_crop_then_resize() {
+        // 300x160: the central 140x140 (160 x 0.875, at 80,10: whole pixels) scaled to 64 equals
+        // cropping first.
+        let img = textured(300, 160);
+        let s = spec(Layout::Nhwc, ChannelOrder::Rgb, 64);
+        let mut p = Preprocessor::new();
+        p.load(&img);
+        let mut ours = Vec::new();
+        p.tensor_into(&s, ResizeMode::CenterCrop, &mut ours);
+        let cut = geometry::upright_crop(img, 1, 64, ResizeMode::CenterCrop);
+        assert_eq!(cut.dimensions(), (140, 140));
+        let theirs = to_tensor(&cut, &s);
+        let mad = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).sum::<f32>() / ours.len() as f32;
+        assert!(mad < 2.0, "crop in the resize vs crop first: {mad}");
+    }
+
+    #[test]
+    fn exif_orientation_is_applied_on_decode() {
+        let img = textured(40, 20);
+        let jpg = geometry::with_exif_orientation(&jpeg_of(&img), 6);
+        let mut p = Preprocessor::new();
+        p.decode(&jpg, 1 << 20, 0).unwrap();
+        // Orientation 6: stored sideways, shown rotated 90° clockwise: width and height swap.
+        assert_eq!(p.dimensions(), (20, 40));
     }
 
     #[test]
@@ -400,7 +451,7 @@ mod tests {
         let mut t = Vec::new();
         for (w, side) in [(300, 224), (100, 160), (224, 224), (50, 96)] {
             p.load(&textured(w, w));
-            p.tensor_into(&spec(Layout::Nchw, ChannelOrder::Rgb, side), &mut t);
+            p.tensor_into(&spec(Layout::Nchw, ChannelOrder::Rgb, side), ResizeMode::Stretch, &mut t);
             assert_eq!(t.len(), (side * side * 3) as usize);
         }
     }

@@ -71,7 +71,7 @@ impl Workers {
             let d = dispatcher.clone();
             let t = std::thread::Builder::new()
                 .name(format!("model-{i}-{}", specs[i].name))
-                .spawn(move || run_queue(i, model, rx, &d, limits.top_k))?;
+                .spawn(move || run_queue(i, model, rx, &d, limits))?;
             queues.push(tx);
             threads.push(t);
         }
@@ -98,6 +98,7 @@ impl Workers {
 
 /// A stage thread: decode, choose the queue (the paper's rule, on arrival), shape, enqueue.
 fn run_stage(queues: &[Sender<Job>], intake: &Intake, dispatcher: &Dispatcher, specs: &[ModelSpec], limits: Limits) {
+    super::lower_thread_priority(limits.nice);
     let min_side = specs.iter().map(|m| m.input.size).max().unwrap_or(0);
     let mut pre = Preprocessor::new();
     while let Some(taken) = intake.take() {
@@ -112,7 +113,8 @@ fn run_stage(queues: &[Sender<Job>], intake: &Intake, dispatcher: &Dispatcher, s
         let choice = dispatcher.assign();
         // The tensor moves to the model's thread, so it is allocated per request here.
         let mut tensor = Vec::new();
-        pre.tensor_into(&specs[choice.queue].input, &mut tensor);
+        let spec = &specs[choice.queue];
+        pre.tensor_into(&spec.input, spec.resize, &mut tensor);
         let preprocess_us = taken_at.elapsed().as_micros() as u64;
         dispatcher.record_overhead(preprocess_us as f64);
         let job = Job { tensor, ticket, waited_us, preprocess_us, estimate_us: choice.estimate_us, enqueued: Instant::now() };
@@ -123,7 +125,9 @@ fn run_stage(queues: &[Sender<Job>], intake: &Intake, dispatcher: &Dispatcher, s
     }
 }
 
-fn run_queue<M: Infer>(index: usize, mut model: M, rx: Receiver<Job>, dispatcher: &Dispatcher, k: usize) {
+fn run_queue<M: Infer>(index: usize, mut model: M, rx: Receiver<Job>, dispatcher: &Dispatcher, limits: Limits) {
+    super::lower_thread_priority(limits.nice);
+    let k = limits.top_k;
     for job in rx {
         let start = Instant::now();
         let queue_us = job.waited_us + start.duration_since(job.enqueued).as_micros() as u64;

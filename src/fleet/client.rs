@@ -18,6 +18,9 @@ use crate::client::Client;
 use crate::control::ClientView;
 use crate::protocol::{Response, Status};
 
+/// How long a client waits after an `overloaded` answer before its next request.
+const OVERLOAD_BACKOFF: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// What the console sees of one client: atomics, written by the client, read by snapshots.
 #[derive(Debug, Default)]
 pub struct ClientState {
@@ -26,6 +29,9 @@ pub struct ClientState {
     last_latency_us: AtomicU64,
     requests: AtomicU64,
     errors: AtomicU64,
+    /// Label of the last `ok` answer's top class (a pretrained ladder with labels), so a live
+    /// demo with real photos shows what each client is being told.
+    last_label: parking_lot::Mutex<Option<Arc<str>>>,
 }
 
 impl ClientState {
@@ -45,6 +51,17 @@ impl ClientState {
             last_latency_ms: (last != u64::MAX).then(|| last as f64 / 1000.0),
             requests: self.requests.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
+            last_label: self.last_label.lock().clone(),
+        }
+    }
+
+    fn record_label(&self, resp: &Response) {
+        let Some(label) = resp.top.first().and_then(|c| c.label.as_deref()) else { return };
+        let mut last = self.last_label.lock();
+        // Clients cycle through a few photos: most answers repeat the last label, so only a
+        // change allocates.
+        if last.as_deref() != Some(label) {
+            *last = Some(label.into());
         }
     }
 }
@@ -110,6 +127,7 @@ pub(super) async fn run(id: u32, shared: Arc<Shared>, state: Arc<ClientState>, s
         match result {
             Ok(resp) if resp.status == Status::Ok => {
                 state.last_latency_us.store(latency_us, Ordering::Relaxed);
+                state.record_label(&resp);
                 shared.stats.record(Outcome::Ok { latency_us, accuracy: accuracy(&resp) });
                 if ctl.observe(&shared.params, latency_us as f64 / 1000.0, Instant::now()).is_some() {
                     state.level.store(ctl.level() as u8, Ordering::Relaxed);
@@ -119,6 +137,12 @@ pub(super) async fn run(id: u32, shared: Arc<Shared>, state: Arc<ClientState>, s
                 tracing::debug!(client = id, status = %resp.status, "request refused: {}", resp.message);
                 shared.stats.record(Outcome::Refused);
                 state.errors.fetch_add(1, Ordering::Relaxed);
+                // A device told `overloaded` backs off before trying again, as real clients do:
+                // resending at once would turn shed requests into a storm of refusals that
+                // takes CPU from the requests being served.
+                if resp.status == Status::Overloaded && !pause_for(OVERLOAD_BACKOFF, &stop).await {
+                    break;
+                }
             }
             Err(e) => {
                 tracing::debug!(client = id, "request failed: {e:#}");

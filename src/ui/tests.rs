@@ -106,6 +106,8 @@ fn every_panel_shows_the_fixed_state() {
     assert!(s.lines().any(|l| ["224 ", "192 ", "160 ", "128 "].iter().all(|r| l.contains(r))), "resolution labels:\n{s}");
     assert!(s.contains("███3████ ███3████ ███3████ ███3████"), "3 clients at each resolution:\n{s}");
     assert!(line_with(&s, "last ms").contains("requests"));
+    // No labels (a synthetic ladder): no label column.
+    assert!(!s.contains("last top-1"), "{s}");
     // Events.
     assert!(s.contains("T changed 40.0 → 50.0 ms"));
 }
@@ -197,6 +199,21 @@ fn theme_flag_with_unknown_name_falls_back_with_an_event() {
     let a = App::new(node(), c.clone(), &UiConfig::default(), Some("solarized"));
     assert_eq!(a.theme.name, "dark");
     assert!(c.telemetry.events().last().unwrap().text.contains("theme \"solarized\" not found"));
+}
+
+#[test]
+fn pretrained_ladder_shows_each_clients_last_label() {
+    let c = control();
+    let f = fleet(&c, 3);
+    f.set_label(2, "tabby cat");
+    let mut n = node();
+    n.synthetic = false;
+    let s = screen(&App::new(n, c, &UiConfig::default(), None), 120, 40);
+    assert!(line_with(&s, "127.0.0.1:7878").contains("pretrained weights"), "{s}");
+    assert!(line_with(&s, "last ms").contains("last top-1"), "{s}");
+    let row = |id: &str| s.lines().find(|l| l.starts_with(&format!("│{id} "))).unwrap_or_else(|| panic!("no row {id} in\n{s}")).to_string();
+    assert!(row("2").contains("tabby cat"), "{s}");
+    assert!(!row("1").contains("tabby") && row("1").contains(" - "), "{s}");
 }
 
 #[test]

@@ -57,17 +57,29 @@ fn client_table(f: &mut Frame, area: Rect, fleet: &FleetSnapshot, v: &View) {
     let visible = area.height.saturating_sub(1) as usize;
     // Only the visible slice is turned into rows: the fleet may hold thousands.
     let first = v.scroll.min(fleet.clients.len().saturating_sub(visible));
+    // With a labelled (pretrained) ladder, what each client was last told: a live demo with
+    // real photos reads as "tabby cat", "espresso" rather than numbers.
+    let labels = fleet.clients.iter().any(|c| c.last_label.is_some());
     let rows = fleet.clients.iter().skip(first).take(visible).map(|c| {
         let err = if c.errors > 0 { Style::default().fg(t.bad) } else { Style::default() };
-        Row::new(vec![
+        let mut cells = vec![
             Cell::from(c.id.to_string()),
             Cell::from(c.resolution.to_string()),
             Cell::from(opt(c.last_latency_ms, 1)),
             Cell::from(c.requests.to_string()),
             Cell::from(c.errors.to_string()).style(err),
-        ])
+        ];
+        if labels {
+            cells.push(Cell::from(c.last_label.as_deref().unwrap_or("-").to_string()));
+        }
+        Row::new(cells)
     });
-    let widths = [Constraint::Length(6), Constraint::Length(5), Constraint::Length(8), Constraint::Length(8), Constraint::Length(6)];
-    let header = Row::new(["id", "res", "last ms", "requests", "errors"]).style(t.muted());
+    let mut widths = vec![Constraint::Length(6), Constraint::Length(5), Constraint::Length(8), Constraint::Length(8), Constraint::Length(6)];
+    let mut names = vec!["id", "res", "last ms", "requests", "errors"];
+    if labels {
+        widths.push(Constraint::Min(10));
+        names.push("last top-1");
+    }
+    let header = Row::new(names).style(t.muted());
     f.render_widget(Table::new(rows, widths).header(header).style(Style::default().fg(t.foreground)), area);
 }

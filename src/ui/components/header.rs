@@ -27,6 +27,8 @@ pub fn draw(f: &mut Frame, area: Rect, s: &UiState, v: &View) {
     }
     if s.node.synthetic {
         l1.push(Span::styled("synthetic weights  ", Style::default().fg(t.warn)));
+    } else {
+        l1.push(Span::styled("pretrained weights  ", Style::default().fg(t.good)));
     }
     let mut l2 = Vec::new();
     l2.extend(pair("T ", format!("{:.1} ms", s.bound_ms)));
