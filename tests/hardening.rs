@@ -12,7 +12,7 @@ use edgeinfer::client::Client;
 use edgeinfer::config::{BackendChoice, Config};
 use edgeinfer::engine::worker::Infer;
 use edgeinfer::engine::{backend, Engine};
-use edgeinfer::models::{ChannelOrder, InputSpec, Layout, ModelSpec, OutputKind};
+use edgeinfer::models::ModelSpec;
 use edgeinfer::protocol::Status;
 use edgeinfer::service::Service;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -41,16 +41,7 @@ impl Infer for StandIn {
 }
 
 fn spec(name: &str, accuracy: f32) -> ModelSpec {
-    ModelSpec {
-        name: name.into(),
-        path: "/dev/null".into(),
-        accuracy,
-        input: InputSpec { name: "input".into(), size: 8, layout: Layout::Nchw, channels: ChannelOrder::Rgb, mean: [0.0; 3], std: [1.0; 3] },
-        resize: Default::default(),
-        output: OutputKind::Probabilities,
-        labels: None,
-        synthetic: None,
-    }
+    common::stand_in_spec(name, accuracy)
 }
 
 /// Two queues: a faulty/slow "accurate" model and a cheap reliable one.

@@ -15,7 +15,7 @@ use edgeinfer::config::{BackendChoice, Config};
 use edgeinfer::engine::worker::Infer;
 use edgeinfer::engine::{backend, Engine};
 use edgeinfer::experiment::optimum::{optimum, Point};
-use edgeinfer::models::{ChannelOrder, InputSpec, Layout, ModelSpec, OutputKind};
+use edgeinfer::models::ModelSpec;
 
 mod common;
 
@@ -34,16 +34,7 @@ impl Infer for Sleeper {
 }
 
 fn spec(name: &str, accuracy: f32) -> ModelSpec {
-    ModelSpec {
-        name: name.into(),
-        path: "/dev/null".into(),
-        accuracy,
-        input: InputSpec { name: "input".into(), size: 8, layout: Layout::Nchw, channels: ChannelOrder::Rgb, mean: [0.0; 3], std: [1.0; 3] },
-        output: OutputKind::Probabilities,
-        labels: None,
-        synthetic: None,
-        resize: Default::default(),
-    }
+    common::stand_in_spec(name, accuracy)
 }
 
 /// Ladder: (cost ms, accuracy), most accurate first.

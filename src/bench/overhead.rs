@@ -30,6 +30,23 @@ use crate::models::{Ladder, ModelSpec};
 use crate::protocol::{Class, Request, Response, Status, Timings};
 use crate::service::Service;
 
+/// A decision's inputs as a busy 2-core server sees them; `i` varies the wait, backlog and draw.
+fn sample_view(rungs: &[Rung], i: usize) -> View<'_> {
+    View {
+        rungs,
+        overhead_us: 500.0,
+        own_overhead_us: 50.0,
+        bound_us: 50_000.0,
+        waited_us: (i % 40) as f64 * 1000.0,
+        behind: i % 64,
+        newest_slack_us: 45_000.0,
+        busy_us: 2_000.0,
+        workers: 2,
+        target: 0.9,
+        dither: (i % 97) as f64 / 97.0,
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct StageTimes {
     pub decode_us: f64,
@@ -90,19 +107,7 @@ fn stages(images: &ImageSet, level: usize, spec: &ModelSpec, ladder: &[ModelSpec
         preprocess::normalise_into(resized, &spec.input, &mut tensor);
         let t2 = Instant::now();
         deadline::hull(&rungs, &mut hull);
-        let v = View {
-            rungs: &rungs,
-            overhead_us: 500.0,
-            own_overhead_us: 50.0,
-            bound_us: 50_000.0,
-            waited_us: 1_000.0 + i as f64,
-            behind: i % 64,
-            newest_slack_us: 45_000.0,
-            busy_us: 2_000.0,
-            workers: 2,
-            target: 0.9,
-            dither: (i % 97) as f64 / 97.0,
-        };
+        let v = sample_view(&rungs, i);
         std::hint::black_box(deadline::choose(&v, &hull));
         let t3 = Instant::now();
         // Both ends of the wire, as the in-process fleet does them.
@@ -230,19 +235,7 @@ pub fn decision(cfg: Config, iters: usize) -> Result<(f64, f64)> {
         let t = Instant::now();
         for i in 0..1000 {
             deadline::hull(&rungs, &mut hull);
-            let v = View {
-                rungs: &rungs,
-                overhead_us: 500.0,
-                own_overhead_us: 50.0,
-                bound_us: 50_000.0,
-                waited_us: (i % 40) as f64 * 1000.0,
-                behind: i % 64,
-                newest_slack_us: 45_000.0,
-                busy_us: 2_000.0,
-                workers: 2,
-                target: 0.9,
-                dither: (i % 97) as f64 / 97.0,
-            };
+            let v = sample_view(&rungs, i);
             std::hint::black_box(deadline::choose(std::hint::black_box(&v), &hull));
         }
         batches.push(t.elapsed().as_secs_f64() * 1e6 / 1000.0);

@@ -79,34 +79,38 @@ pub enum Decision {
 /// (dearer and no more accurate) and rungs under a chord between two others are left out: a mix
 /// of their neighbours is more accurate for the same mean cost.
 pub fn hull(rungs: &[Rung], out: &mut Vec<usize>) {
+    hull_of(rungs.len(), |i| rungs[i].cost_us, |i| rungs[i].accuracy, out);
+}
+
+/// [`hull`] over any `n` points given by their cost and accuracy, into `out` (no allocation once
+/// `out` has room for `n`). The experiment's optimum reads the same hull.
+pub fn hull_of(n: usize, cost: impl Fn(usize) -> f64, accuracy: impl Fn(usize) -> f64, out: &mut Vec<usize>) {
     out.clear();
-    let mut order: [usize; 64] = [0; 64];
-    let n = rungs.len().min(64);
-    for (i, o) in order.iter_mut().enumerate().take(n) {
-        *o = i;
-    }
-    let order = &mut order[..n];
+    out.extend((0..n).filter(|&i| cost(i).is_finite() && accuracy(i).is_finite()));
     // Cheapest first; among equal costs the most accurate first, so it is the one kept.
-    order.sort_unstable_by(|&a, &b| rungs[a].cost_us.total_cmp(&rungs[b].cost_us).then(rungs[b].accuracy.total_cmp(&rungs[a].accuracy)));
-    for &i in order.iter() {
-        let p = rungs[i];
-        if !(p.cost_us.is_finite() && p.accuracy.is_finite()) {
-            continue;
+    out.sort_unstable_by(|&a, &b| cost(a).total_cmp(&cost(b)).then(accuracy(b).total_cmp(&accuracy(a))));
+    // Andrew's monotone chain, upper half, in place: the hull so far is out[..w], and w never
+    // passes the read position.
+    let mut w = 0;
+    for r in 0..out.len() {
+        let p = out[r];
+        if w > 0 && accuracy(p) <= accuracy(out[w - 1]) {
+            continue; // costs at least as much, no more accurate
         }
-        if out.last().is_some_and(|&l| p.accuracy <= rungs[l].accuracy) {
-            continue;
-        }
-        while out.len() >= 2 {
-            let (a, b) = (rungs[out[out.len() - 2]], rungs[out[out.len() - 1]]);
-            let cross = (b.cost_us - a.cost_us) * (p.accuracy - a.accuracy) - (b.accuracy - a.accuracy) * (p.cost_us - a.cost_us);
+        // Pop while the last hull point lies on or under the chord from its predecessor to p.
+        while w >= 2 {
+            let (a, b) = (out[w - 2], out[w - 1]);
+            let cross = (cost(b) - cost(a)) * (accuracy(p) - accuracy(a)) - (accuracy(b) - accuracy(a)) * (cost(p) - cost(a));
             if cross >= 0.0 {
-                out.pop();
+                w -= 1;
             } else {
                 break;
             }
         }
-        out.push(i);
+        out[w] = p;
+        w += 1;
     }
+    out.truncate(w);
 }
 
 /// The inference budget for one request from the backlog's share (step 1 above), µs.

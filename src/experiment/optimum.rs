@@ -17,27 +17,9 @@ pub struct Point {
 /// Upper convex hull of the points, by increasing cost. Dominated points (costlier and no
 /// more accurate than another) and points under a chord between two others are dropped.
 pub fn upper_hull(points: &[Point]) -> Vec<Point> {
-    let mut pts: Vec<Point> = points.iter().copied().filter(|p| p.cost_ms.is_finite() && p.accuracy.is_finite()).collect();
-    // Cheapest first; among equal costs the most accurate first, so it is the one kept.
-    pts.sort_by(|a, b| a.cost_ms.total_cmp(&b.cost_ms).then(b.accuracy.total_cmp(&a.accuracy)));
-    let mut hull: Vec<Point> = Vec::new();
-    for p in pts {
-        if hull.last().is_some_and(|l| p.accuracy <= l.accuracy) {
-            continue; // costs at least as much, no more accurate
-        }
-        // Pop while the last hull point lies on or under the chord from its predecessor to p.
-        while hull.len() >= 2 {
-            let (a, b) = (hull[hull.len() - 2], hull[hull.len() - 1]);
-            let cross = (b.cost_ms - a.cost_ms) * (p.accuracy - a.accuracy) - (b.accuracy - a.accuracy) * (p.cost_ms - a.cost_ms);
-            if cross >= 0.0 {
-                hull.pop();
-            } else {
-                break;
-            }
-        }
-        hull.push(p);
-    }
-    hull
+    let mut idx = Vec::with_capacity(points.len());
+    crate::dispatch::deadline::hull_of(points.len(), |i| points[i].cost_ms, |i| points[i].accuracy, &mut idx);
+    idx.into_iter().map(|i| points[i]).collect()
 }
 
 /// What the optimum is at one load level.

@@ -6,6 +6,7 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use edgeinfer::config::{BackendChoice, Config};
+use edgeinfer::models::{ChannelOrder, InputSpec, Layout, ModelSpec, OutputKind};
 use edgeinfer::service::Service;
 
 /// Writes a 3-model ladder (width 0.25 at 96/64/32 px: real graphs, milliseconds to run even on
@@ -64,4 +65,18 @@ pub async fn eventually(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     true
+}
+
+/// A ladder rung for a stand-in model (no file): 8 px RGB input, probabilities out.
+pub fn stand_in_spec(name: &str, accuracy: f32) -> ModelSpec {
+    ModelSpec {
+        name: name.into(),
+        path: "/dev/null".into(),
+        accuracy,
+        input: InputSpec { name: "input".into(), size: 8, layout: Layout::Nchw, channels: ChannelOrder::Rgb, mean: [0.0; 3], std: [1.0; 3] },
+        output: OutputKind::Probabilities,
+        labels: None,
+        synthetic: None,
+        resize: Default::default(),
+    }
 }
