@@ -140,22 +140,41 @@ fn stages(images: &ImageSet, level: usize, spec: &ModelSpec, ladder: &[ModelSpec
     (st, p50(prev), diff / iters.clamp(1, 16) as f64)
 }
 
-async fn saturated(cfg: &Config, resolution: u16, clients: usize, secs: f64) -> Result<(f64, Option<f64>, Option<f64>)> {
+/// What a `static-cheapest` run measured, after its start-up transient.
+#[derive(Debug, Clone, Copy)]
+pub struct CheapestRun {
+    /// Mean requests per second over the steady intervals.
+    pub rps: f64,
+    /// Client-observed round trip, p50, ms.
+    pub round_trip_ms: Option<f64>,
+    /// The cheapest model's inference, p50, ms.
+    pub inference_ms: Option<f64>,
+}
+
+/// Runs the whole server and the in-process fleet with `static-cheapest` and `clients`
+/// closed-loop clients (uplink off) for `secs`; `resolution` fixes the clients' image side,
+/// `None` keeps the configured resolutions. With clients enough to keep every worker busy this
+/// is the saturation probe that `bench overhead` and `experiment` both read.
+pub async fn cheapest_run(cfg: &Config, clients: usize, resolution: Option<u16>, secs: f64) -> Result<CheapestRun> {
     let mut c = cfg.clone();
     c.dispatch.policy = "static-cheapest".into();
     c.server.listen = "127.0.0.1:0".parse().expect("literal address");
+    // One row per second, so "skip the first two rows" is the first two seconds.
+    c.headless.status_interval_ms = 1000;
     c.fleet.clients = clients;
     c.fleet.ramp_at_start = false;
     c.fleet.link.enabled = false;
-    c.fleet.resolutions = vec![resolution];
+    if let Some(r) = resolution {
+        c.fleet.resolutions = vec![r];
+    }
     let service = Service::start(c).await?;
     let report = headless::drive(service, HeadlessOptions { duration: Some(Duration::from_secs_f64(secs)), summary: None, timeseries: None }).await?;
     // The first two intervals are the start-up transient.
     let steady: Vec<f64> = report.rows.iter().skip(2).filter(|r| r.clients == clients).map(|r| r.rps).collect();
     let rps = if steady.is_empty() { report.summary.throughput_rps } else { steady.iter().sum::<f64>() / steady.len() as f64 };
-    let round_trip = report.summary.client_latency_ms.as_ref().and_then(|l| l.p50);
-    let inference = report.summary.models.iter().rev().find(|m| m.served > 0).and_then(|m| m.p50_ms);
-    Ok((rps, round_trip, inference))
+    let round_trip_ms = report.summary.client_latency_ms.as_ref().and_then(|l| l.p50);
+    let inference_ms = report.summary.models.iter().rev().find(|m| m.served > 0).and_then(|m| m.p50_ms);
+    Ok(CheapestRun { rps, round_trip_ms, inference_ms })
 }
 
 pub fn run(runtime: &tokio::runtime::Runtime, cfg: &Config, resolutions: &[u16], iters: usize, secs: f64) -> Result<OverheadReport> {
@@ -177,9 +196,9 @@ pub fn run(runtime: &tokio::runtime::Runtime, cfg: &Config, resolutions: &[u16],
         eprintln!("bench overhead: {r} px: stages…");
         let (stages, previous, diff) = stages(&images, 0, &cheapest, &ladder.models, iters);
         eprintln!("bench overhead: {r} px: saturated static-cheapest, {} clients, {secs} s…", 16 * cores);
-        let (rps, _, _) = runtime.block_on(saturated(cfg, r, 16 * cores, secs))?;
+        let rps = runtime.block_on(cheapest_run(cfg, 16 * cores, Some(r), secs))?.rps;
         eprintln!("bench overhead: {r} px: one client, {secs} s…");
-        let (_, rt, inf) = runtime.block_on(saturated(cfg, r, 1, secs))?;
+        let alone = runtime.block_on(cheapest_run(cfg, 1, Some(r), secs))?;
         rows.push(ResolutionRow {
             resolution: r,
             jpeg_bytes: images.mean_bytes()[0],
@@ -188,7 +207,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, cfg: &Config, resolutions: &[u16],
             resize_mean_abs_diff: diff,
             saturated_rps: rps,
             overhead_ms: cores as f64 * 1000.0 / rps.max(1e-9) - cheapest_p50_ms,
-            one_client_overhead_ms: rt.zip(inf).map(|(a, b)| a - b),
+            one_client_overhead_ms: alone.round_trip_ms.zip(alone.inference_ms).map(|(a, b)| a - b),
         });
     }
     Ok(OverheadReport { cores, cheapest_model: cheapest.name, cheapest_p50_ms, rows })

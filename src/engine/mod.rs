@@ -224,14 +224,6 @@ impl Engine {
         matches!(self.executor, Executor::Shared(_))
     }
 
-    /// Worker threads of the executor that runs inference concurrently (cores, for the shared one).
-    pub fn workers(&self) -> usize {
-        match &self.executor {
-            Executor::Shared(p) => p.workers(),
-            Executor::Queues(_) => self.ladder.len(),
-        }
-    }
-
     /// The `deadline` policy's latency target as a fraction of T (`None` for other policies).
     pub fn target(&self) -> Option<f64> {
         match &self.executor {

@@ -71,10 +71,6 @@ impl Pool {
         Ok(Pool { shared, threads: Mutex::new(threads) })
     }
 
-    pub fn workers(&self) -> usize {
-        self.shared.busy_until.len()
-    }
-
     /// The `deadline` policy's current latency target, as a fraction of T.
     pub fn target(&self) -> f64 {
         f64::from_bits(self.shared.target.load(Ordering::Relaxed))
@@ -118,12 +114,14 @@ fn run(w: usize, mut models: Vec<Box<dyn Infer>>, s: &Shared) {
         let taken = Instant::now();
         let queue_us = taken.saturating_duration_since(ticket.arrival).as_micros() as u64;
         let d = &s.dispatcher;
-        let cheapest_us = (0..n).map(|i| d.estimate_us(i)).fold(f64::INFINITY, f64::min);
         // Past saturation: a request that cannot make its deadline even on the cheapest model,
         // with others waiting behind it, is refused before any work is spent on it (deadline
         // policy only; the baselines run everything). See `deadline::choose`, step 4.
-        let hopeless = ticket.waited_us(taken) + d.overhead_us() + cheapest_us > ticket.bound_us;
-        if s.choice == SharedChoice::Deadline && behind > 0 && hopeless {
+        let hopeless = || {
+            let cheapest_us = (0..n).map(|i| d.estimate_us(i)).fold(f64::INFINITY, f64::min);
+            ticket.waited_us(taken) + d.overhead_us() + cheapest_us > ticket.bound_us
+        };
+        if s.choice == SharedChoice::Deadline && behind > 0 && hopeless() {
             let _ = ticket.reply.send(Answer::failed(Failure::Shed, queue_us));
             continue;
         }

@@ -197,12 +197,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, base: Config, opts: &ExperimentOpt
     let probe_clients = 16 * workers;
     let probe_s = if opts.quick { 4.0 } else { 10.0 };
     eprintln!("experiment: saturation probe (static-cheapest, {probe_clients} clients, {probe_s:.0} s)…");
-    let mut probe_cfg = ramp_config(&base, "static-cheapest", Ramp { step: probe_clients, every_s: probe_s, max: probe_clients, hold_s: probe_s });
-    probe_cfg.fleet.ramp_at_start = false;
-    probe_cfg.fleet.clients = probe_clients;
-    let probe = run_scenario(runtime, probe_cfg, Duration::from_secs_f64(probe_s))?;
-    let steady: Vec<f64> = probe.rows.iter().skip(2).filter(|r| r.clients == probe_clients).map(|r| r.rps).collect();
-    let rps = if steady.is_empty() { probe.summary.throughput_rps } else { steady.iter().sum::<f64>() / steady.len() as f64 };
+    let rps = runtime.block_on(bench::overhead::cheapest_run(&base, probe_clients, None, probe_s))?.rps;
     let cheapest_ms = fig1.models.iter().map(|m| m.bare_p50_ms).fold(f64::INFINITY, f64::min);
     let sat = Saturation {
         clients: probe_clients,
