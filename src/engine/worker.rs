@@ -68,10 +68,10 @@ impl Workers {
         let mut threads = Vec::with_capacity(models.len());
         for (i, model) in models.into_iter().enumerate() {
             let (tx, rx) = crossbeam_channel::unbounded();
-            let d = dispatcher.clone();
+            let (d, intake) = (dispatcher.clone(), intake.clone());
             let t = std::thread::Builder::new()
                 .name(format!("model-{i}-{}", specs[i].name))
-                .spawn(move || run_queue(i, model, rx, &d, limits))?;
+                .spawn(move || run_queue(i, model, rx, &d, &intake, limits))?;
             queues.push(tx);
             threads.push(t);
         }
@@ -125,7 +125,7 @@ fn run_stage(queues: &[Sender<Job>], intake: &Intake, dispatcher: &Dispatcher, s
     }
 }
 
-fn run_queue<M: Infer>(index: usize, mut model: M, rx: Receiver<Job>, dispatcher: &Dispatcher, limits: Limits) {
+fn run_queue<M: Infer>(index: usize, mut model: M, rx: Receiver<Job>, dispatcher: &Dispatcher, intake: &Intake, limits: Limits) {
     super::lower_thread_priority(limits.nice);
     let k = limits.top_k;
     for job in rx {
@@ -135,6 +135,7 @@ fn run_queue<M: Infer>(index: usize, mut model: M, rx: Receiver<Job>, dispatcher
         // exception, since nobody would read the answer.
         if job.ticket.abandoned() {
             dispatcher.release(index);
+            intake.count_abandoned();
             continue;
         }
         let (result, inference_us) = execute(&mut model, index, &job.tensor, dispatcher, k);
