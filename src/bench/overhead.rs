@@ -44,6 +44,7 @@ fn sample_view(rungs: &[Rung], i: usize) -> View<'_> {
         workers: 2,
         target: 0.9,
         dither: (i % 97) as f64 / 97.0,
+        smoothed_budget_us: None,
     }
 }
 

@@ -62,6 +62,15 @@ impl Ticket {
     pub fn abandoned(&self) -> bool {
         self.reply.is_closed()
     }
+
+    /// Sends the answer, having left the system first: a closed-loop client that resubmits the
+    /// moment its answer arrives must not find its own answered request still counted against
+    /// `server.max_waiting` (nor a caller see it in `in_system`).
+    pub fn answer(self, answer: Answer) {
+        let Ticket { reply, admitted, .. } = self;
+        drop(admitted);
+        let _ = reply.send(answer);
+    }
 }
 
 /// What a taker learns with the request it takes.

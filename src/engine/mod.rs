@@ -3,8 +3,8 @@
 //!
 //! A request's way down: `submit` admits it at the front door (`intake`), an executor thread
 //! takes it, decodes and resizes it (`preprocess`), the policy binds it to a model
-//! (`dispatch`), the model runs (`worker::execute`), and the [`Answer`] goes back up the
-//! oneshot channel `submit` returned.
+//! (`dispatch`), the model runs (`worker::execute`), and the [`Answer`] goes back up to the
+//! [`Pending`] `submit` returned.
 
 pub mod backend;
 pub mod intake;
@@ -13,7 +13,10 @@ pub mod preprocess;
 pub mod session;
 pub mod worker;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -26,7 +29,7 @@ use crate::dispatch::Dispatcher;
 use crate::models::{Ladder, ModelSpec};
 use backend::BackendInfo;
 use intake::{Intake, Refusal, Ticket};
-use pool::Pool;
+use pool::{Learner, Pool};
 use preprocess::ImageError;
 use session::ModelSession;
 use worker::{Infer, Workers};
@@ -67,11 +70,40 @@ pub struct Answer {
     pub inference_us: u64,
     /// What the policy predicted for queue wait + inference, µs.
     pub estimate_us: Option<f64>,
+    /// What the `deadline` policy aimed this request at, when it had a choice: its latency,
+    /// measured where the front end receives the answer, teaches the policy its target.
+    pub aim: Option<pool::Aim>,
 }
 
 impl Answer {
     pub fn failed(why: Failure, queue_us: u64) -> Answer {
-        Answer { model: None, result: Err(why), queue_us, preprocess_us: 0, inference_us: 0, estimate_us: None }
+        Answer { model: None, result: Err(why), queue_us, preprocess_us: 0, inference_us: 0, estimate_us: None, aim: None }
+    }
+}
+
+/// A submitted request's answer, to await. It resolves as the oneshot channel inside does; on
+/// the way it hands the request's latency — measured now, in the front end's task, after the
+/// executor's reply has crossed back to it — to the policy's target learner. Measured there and
+/// not where the executor replies, it includes the wait for the front end's task to be woken,
+/// which on 16 busy cores was part of the tail the policy did not see (p99 51.5 ms with T = 50
+/// while the executor's view said the tail was inside T).
+pub struct Pending {
+    rx: oneshot::Receiver<Answer>,
+    arrival: Instant,
+    learner: Option<Arc<Learner>>,
+}
+
+impl Future for Pending {
+    type Output = Result<Answer, oneshot::error::RecvError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let out = std::task::ready!(Pin::new(&mut self.rx).poll(cx));
+        if let (Ok(answer), Some(learner)) = (&out, &self.learner) {
+            if let Some(aim) = answer.aim {
+                learner.learn(aim, self.arrival.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+        Poll::Ready(out)
     }
 }
 
@@ -186,12 +218,16 @@ impl Engine {
     /// The one door into the engine. Admits the request (or says why not) and returns where its
     /// answer will arrive. `arrival` is when its bytes arrived: time spent since counts against
     /// its bound. `bound` is its own latency bound; `None` means T. Never blocks.
-    pub fn submit(&self, image: Bytes, arrival: Instant, bound: Option<Duration>) -> Result<oneshot::Receiver<Answer>, Refusal> {
+    pub fn submit(&self, image: Bytes, arrival: Instant, bound: Option<Duration>) -> Result<Pending, Refusal> {
         let admitted = self.intake.admit()?;
         let bound_us = bound.map_or_else(|| self.dispatcher.bound_ms() * 1000.0, |b| b.as_secs_f64() * 1e6);
         let (reply, rx) = oneshot::channel();
         self.intake.push(Ticket { image, arrival, bound_us, reply, admitted })?;
-        Ok(rx)
+        let learner = match &self.executor {
+            Executor::Shared(p) => Some(p.learner()),
+            Executor::Queues(_) => None,
+        };
+        Ok(Pending { rx, arrival, learner })
     }
 
     /// Caps the requests in the system (`server.max_waiting`).

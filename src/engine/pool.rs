@@ -33,8 +33,10 @@ struct Shared {
     /// Per worker: when its current inference is expected to end, µs since `epoch` (0: idle).
     busy_until: Vec<AtomicU64>,
     epoch: Instant,
-    /// α of the `deadline` policy (f64 bits), see `deadline::next_target`.
-    target: AtomicU64,
+    /// α of the `deadline` policy and how it is learned.
+    learner: Arc<Learner>,
+    /// The mix's budget, µs (f64 bits; NaN until the first request), see `deadline::smooth_budget`.
+    budget: AtomicU64,
 }
 
 pub struct Pool {
@@ -53,6 +55,7 @@ impl Pool {
         limits: Limits,
     ) -> std::io::Result<Pool> {
         let workers = model_sets.len();
+        let epoch = Instant::now();
         let shared = Arc::new(Shared {
             intake,
             dispatcher,
@@ -60,8 +63,9 @@ impl Pool {
             choice,
             limits,
             busy_until: (0..workers).map(|_| AtomicU64::new(0)).collect(),
-            epoch: Instant::now(),
-            target: AtomicU64::new(deadline::INITIAL_TARGET.to_bits()),
+            epoch,
+            learner: Arc::new(Learner::new(epoch)),
+            budget: AtomicU64::new(f64::NAN.to_bits()),
         });
         let mut threads = Vec::with_capacity(workers);
         for (w, models) in model_sets.into_iter().enumerate() {
@@ -73,13 +77,53 @@ impl Pool {
 
     /// The `deadline` policy's current latency target, as a fraction of T.
     pub fn target(&self) -> f64 {
-        f64::from_bits(self.shared.target.load(Ordering::Relaxed))
+        self.shared.learner.target()
+    }
+
+    /// Where answers' latencies go to teach the target (see `Pending`).
+    pub fn learner(&self) -> Arc<Learner> {
+        self.shared.learner.clone()
     }
 
     /// Waits for the workers to drain the (closed) queue and exit.
     pub fn join(&self) {
         for t in self.threads.lock().drain(..) {
             let _ = t.join();
+        }
+    }
+}
+
+/// What the `deadline` policy aimed a request at: the α it was chosen with, and its bound.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Aim {
+    pub alpha: f64,
+    pub bound_us: f64,
+}
+
+/// α of the `deadline` policy, learned from the latencies of the answers it aimed
+/// (`deadline::Tail`). Shared by the executor threads, which read α, and the front ends'
+/// [`super::Pending`]s, which report the latencies.
+pub struct Learner {
+    /// α, f64 bits.
+    target: AtomicU64,
+    tail: Mutex<deadline::Tail>,
+    epoch: Instant,
+}
+
+impl Learner {
+    fn new(epoch: Instant) -> Learner {
+        Learner { target: AtomicU64::new(deadline::INITIAL_TARGET.to_bits()), tail: Mutex::new(deadline::Tail::default()), epoch }
+    }
+
+    pub fn target(&self) -> f64 {
+        f64::from_bits(self.target.load(Ordering::Relaxed))
+    }
+
+    /// One answered request's latency, µs.
+    pub fn learn(&self, aim: Aim, latency_us: f64) {
+        let now_us = self.epoch.elapsed().as_micros() as u64;
+        if let Some(alpha) = self.tail.lock().record(now_us, latency_us, aim.bound_us, aim.alpha) {
+            self.target.store(alpha.to_bits(), Ordering::Relaxed);
         }
     }
 }
@@ -122,14 +166,18 @@ fn run(w: usize, mut models: Vec<Box<dyn Infer>>, s: &Shared) {
             ticket.waited_us(taken) + d.overhead_us() + cheapest_us > ticket.bound_us
         };
         if s.choice == SharedChoice::Deadline && behind > 0 && hopeless() {
-            let _ = ticket.reply.send(Answer::failed(Failure::Shed, queue_us));
+            ticket.answer(Answer::failed(Failure::Shed, queue_us));
             continue;
         }
         if let Err(e) = pre.decode(&ticket.image, s.limits.max_image_pixels, min_side) {
-            let _ = ticket.reply.send(Answer::failed(Failure::Image(e), queue_us));
+            ticket.answer(Answer::failed(Failure::Image(e), queue_us));
             continue;
         }
         let decoded = Instant::now();
+        // The α this request is aimed with, which its answer's deviation is measured against.
+        let aimed = s.learner.target();
+        // Whether the budget left the policy a choice; see where the answer is recorded.
+        let mut in_control = false;
         let decision = match s.choice {
             SharedChoice::Best => Decision::Run { rung: 0, estimate_us: d.estimate_us(0) },
             SharedChoice::Cheapest => Decision::Run { rung: n - 1, estimate_us: d.estimate_us(n - 1) },
@@ -145,8 +193,7 @@ fn run(w: usize, mut models: Vec<Box<dyn Infer>>, s: &Shared) {
                     .filter(|(i, _)| *i != w)
                     .map(|(_, b)| b.load(Ordering::Relaxed).saturating_sub(now_us) as f64)
                     .sum();
-                let target = f64::from_bits(s.target.load(Ordering::Relaxed));
-                let view = View {
+                let mut view = View {
                     rungs: &rungs,
                     overhead_us: d.overhead_us(),
                     own_overhead_us: resize_us,
@@ -157,14 +204,23 @@ fn run(w: usize, mut models: Vec<Box<dyn Infer>>, s: &Shared) {
                     newest_slack_us: newest_slack_us - decoded.duration_since(taken).as_secs_f64() * 1e6,
                     busy_us,
                     workers: s.busy_until.len(),
-                    target,
+                    target: aimed,
                     dither: dither.next(),
+                    smoothed_budget_us: None,
                 };
+                let share = deadline::share_budget(&view);
+                let peers = behind + s.busy_until.len();
+                let smoothed = s
+                    .budget
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some(deadline::smooth_budget(f64::from_bits(b), share, peers).to_bits()))
+                    .map_or(share, |b| deadline::smooth_budget(f64::from_bits(b), share, peers));
+                view.smoothed_budget_us = Some(smoothed);
+                in_control = hull.first().is_some_and(|&c| smoothed >= rungs[c].cost_us);
                 deadline::choose(&view, &hull)
             }
         };
         let Decision::Run { rung: m, estimate_us } = decision else {
-            let _ = ticket.reply.send(Answer::failed(Failure::Shed, queue_us));
+            ticket.answer(Answer::failed(Failure::Shed, queue_us));
             continue;
         };
         let resize_start = Instant::now();
@@ -183,12 +239,6 @@ fn run(w: usize, mut models: Vec<Box<dyn Infer>>, s: &Shared) {
         s.busy_until[w].store(end_us.max(1), Ordering::Relaxed);
         let (result, inference_us) = execute(&mut models[m], m, &tensor, d, s.limits.top_k);
         s.busy_until[w].store(0, Ordering::Relaxed);
-        if s.choice == SharedChoice::Deadline {
-            // Learn from the latency this request will see (the response write is microseconds).
-            let latency_us = ticket.waited_us(Instant::now());
-            let bound = ticket.bound_us;
-            let _ = s.target.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| Some(deadline::next_target(f64::from_bits(t), latency_us, bound).to_bits()));
-        }
         let answer = Answer {
             model: Some(m),
             result: result.map_err(Failure::Inference),
@@ -196,8 +246,14 @@ fn run(w: usize, mut models: Vec<Box<dyn Infer>>, s: &Shared) {
             preprocess_us,
             inference_us,
             estimate_us: Some(estimate_us),
+            // Only answers the policy had a choice over teach α. When the budget is below the
+            // cheapest model, latency is set by the load alone and α cannot move it: counting
+            // those answers as α's error pushed α down further, which left it at the floor until
+            // the load fell (measured: the cheapest model for 30 s at 56 clients on a slow
+            // 2-core second).
+            aim: (s.choice == SharedChoice::Deadline && in_control).then_some(Aim { alpha: aimed, bound_us: ticket.bound_us }),
         };
-        let _ = ticket.reply.send(answer);
+        ticket.answer(answer);
     }
 }
 

@@ -107,7 +107,7 @@ fn run_stage(queues: &[Sender<Job>], intake: &Intake, dispatcher: &Dispatcher, s
         let waited_us = taken_at.saturating_duration_since(ticket.arrival).as_micros() as u64;
         // Decoding comes first so that a bad image never occupies a queue slot.
         if let Err(e) = pre.decode(&ticket.image, limits.max_image_pixels, min_side) {
-            let _ = ticket.reply.send(Answer::failed(Failure::Image(e), waited_us));
+            ticket.answer(Answer::failed(Failure::Image(e), waited_us));
             continue;
         }
         let choice = dispatcher.assign();
@@ -120,7 +120,7 @@ fn run_stage(queues: &[Sender<Job>], intake: &Intake, dispatcher: &Dispatcher, s
         let job = Job { tensor, ticket, waited_us, preprocess_us, estimate_us: choice.estimate_us, enqueued: Instant::now() };
         if let Err(e) = queues[choice.queue].send(job) {
             dispatcher.release(choice.queue);
-            let _ = e.into_inner().ticket.reply.send(Answer::failed(Failure::Refused(Refusal::ShuttingDown), waited_us));
+            e.into_inner().ticket.answer(Answer::failed(Failure::Refused(Refusal::ShuttingDown), waited_us));
         }
     }
 }
@@ -146,8 +146,9 @@ fn run_queue<M: Infer>(index: usize, mut model: M, rx: Receiver<Job>, dispatcher
             preprocess_us: job.preprocess_us,
             inference_us,
             estimate_us: Some(job.estimate_us),
+            aim: None,
         };
-        let _ = job.ticket.reply.send(answer);
+        job.ticket.answer(answer);
     }
 }
 
