@@ -4,6 +4,7 @@
 
 use std::time::Instant;
 
+pub mod frontends;
 pub mod overhead;
 
 use anyhow::Result;
@@ -70,7 +71,7 @@ pub fn run_models(cfg: &Config, iterations: usize) -> Result<BenchReport> {
             bare_session.run(&input)?;
             bare.push(t.elapsed().as_secs_f64() * 1e3);
             d.begin(0);
-            let (result, inference_us) = execute(&mut worker_session, 0, &input, &d, cfg.server.top_k);
+            let (result, inference_us, _) = execute(&mut worker_session, 0, &input, &d, cfg.server.top_k);
             result.map_err(anyhow::Error::msg)?;
             server.push(inference_us as f64 / 1e3);
         }

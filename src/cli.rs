@@ -37,6 +37,12 @@ pub struct RunArgs {
     /// Address to listen on (default 127.0.0.1:7878).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<std::net::SocketAddr>,
+    /// Open Inference Protocol over HTTP, and /metrics (default 127.0.0.1:8000; "" turns it off).
+    #[arg(long, value_name = "ADDR")]
+    pub http_listen: Option<String>,
+    /// Open Inference Protocol over gRPC (default 127.0.0.1:8001; "" turns it off).
+    #[arg(long, value_name = "ADDR")]
+    pub grpc_listen: Option<String>,
     /// The latency bound T, in milliseconds.
     #[arg(long, value_name = "MS")]
     pub latency_bound_ms: Option<f64>,
@@ -223,6 +229,19 @@ pub enum BenchCommand {
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
     },
+    /// Per-request cost of the HTTP and gRPC front ends (Open Inference Protocol) against the
+    /// binary protocol: round-trip p50/p99 at each client count, static-cheapest.
+    Frontends {
+        /// Closed-loop client counts, one row per protocol each.
+        #[arg(long, value_delimiter = ',', default_value = "1,64")]
+        clients: Vec<usize>,
+        /// Seconds per protocol and client count.
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        /// Also write the results as JSON.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
     /// The deadline policy's decision alone: hull + choice, per call.
     Decision {
         #[arg(long, default_value_t = 1_000_000)]
@@ -293,6 +312,12 @@ impl Cli {
         let r = &self.run;
         if let Some(a) = r.listen {
             c.server.listen = a;
+        }
+        if let Some(a) = &r.http_listen {
+            c.server.http_listen = a.clone();
+        }
+        if let Some(a) = &r.grpc_listen {
+            c.server.grpc_listen = a.clone();
         }
         if let Some(t) = r.latency_bound_ms {
             c.dispatch.latency_bound_ms = t;
@@ -397,6 +422,14 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Some(Command::Bench { what: BenchCommand::Overhead { resolutions, iters, secs, json } }) => {
             let report = crate::bench::overhead::run(&runtime, &cli.config()?, resolutions, (*iters).max(1), *secs)?;
             print!("{}", crate::bench::overhead::table(&report));
+            if let Some(p) = json {
+                crate::telemetry::summary::write_json(p, &report)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Bench { what: BenchCommand::Frontends { clients, secs, json } }) => {
+            let report = crate::bench::frontends::run(&runtime, &cli.config()?, clients, *secs)?;
+            print!("{}", crate::bench::frontends::table(&report));
             if let Some(p) = json {
                 crate::telemetry::summary::write_json(p, &report)?;
             }

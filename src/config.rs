@@ -35,6 +35,22 @@ pub struct ServerConfig {
     pub read_timeout_ms: u64,
     pub write_timeout_ms: u64,
     pub auth_token: String,
+    /// The Open Inference Protocol over HTTP (and `/metrics`); empty: off.
+    pub http_listen: String,
+    /// The Open Inference Protocol over gRPC; empty: off.
+    pub grpc_listen: String,
+}
+
+impl ServerConfig {
+    /// `server.http_listen` as an address; `None` when off. Checked by [`Config::validate`].
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_listen.parse().ok()
+    }
+
+    /// `server.grpc_listen` as an address; `None` when off.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc_listen.parse().ok()
+    }
 }
 
 impl Default for ServerConfig {
@@ -50,6 +66,8 @@ impl Default for ServerConfig {
             read_timeout_ms: 10_000,
             write_timeout_ms: 10_000,
             auth_token: String::new(),
+            http_listen: "127.0.0.1:8000".into(),
+            grpc_listen: "127.0.0.1:8001".into(),
         }
     }
 }
@@ -61,11 +79,14 @@ pub struct DispatchConfig {
     pub latency_bound_ms: f64,
     pub ewma_weight: f64,
     pub warmup_runs: usize,
+    /// A request's own `timeout` (Open Inference Protocol) is clamped into this range, ms.
+    pub timeout_min_ms: f64,
+    pub timeout_max_ms: f64,
 }
 
 impl Default for DispatchConfig {
     fn default() -> Self {
-        Self { policy: "deadline".into(), latency_bound_ms: 50.0, ewma_weight: 0.1, warmup_runs: 5 }
+        Self { policy: "deadline".into(), latency_bound_ms: 50.0, ewma_weight: 0.1, warmup_runs: 5, timeout_min_ms: 1.0, timeout_max_ms: 60_000.0 }
     }
 }
 
@@ -118,11 +139,13 @@ impl Default for EngineConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct ModelsConfig {
     pub manifest: PathBuf,
+    /// The adaptive ladder's model name on the Open Inference Protocol (and in `/metrics`).
+    pub name: String,
 }
 
 impl Default for ModelsConfig {
     fn default() -> Self {
-        Self { manifest: PathBuf::from("models/ladder.toml") }
+        Self { manifest: PathBuf::from("models/ladder.toml"), name: "edgeinfer".into() }
     }
 }
 
@@ -349,6 +372,20 @@ impl Config {
                 return Err(KeyError::new(key, "must be positive"));
             }
         }
+        for (key, addr) in [("server.http_listen", &self.server.http_listen), ("server.grpc_listen", &self.server.grpc_listen)] {
+            if !addr.is_empty() && addr.parse::<SocketAddr>().is_err() {
+                return Err(KeyError::new(key, format!("{addr:?} is not an address like \"127.0.0.1:8000\" (empty turns it off)")));
+            }
+        }
+        if !(d.timeout_min_ms.is_finite() && d.timeout_min_ms > 0.0) {
+            return Err(KeyError::new("dispatch.timeout_min_ms", "must be a positive number of milliseconds"));
+        }
+        if !(d.timeout_max_ms.is_finite() && d.timeout_max_ms >= d.timeout_min_ms) {
+            return Err(KeyError::new("dispatch.timeout_max_ms", "must be at least dispatch.timeout_min_ms"));
+        }
+        if self.models.name.is_empty() || self.models.name.contains('/') {
+            return Err(KeyError::new("models.name", "must be a non-empty name without '/'"));
+        }
         if self.server.auth_token.len() > u16::MAX as usize {
             return Err(KeyError::new("server.auth_token", "must be shorter than 64 KiB"));
         }
@@ -479,6 +516,20 @@ mod tests {
         let err = format!("{:#}", Config::load(Some(&p)).unwrap_err());
         assert!(err.contains("dispatch.ewma_weight"), "{err}");
         assert!(err.contains("c.toml:3"), "{err}");
+    }
+
+    #[test]
+    fn front_end_addresses_and_timeout_range_are_checked() {
+        let mut c = Config::default();
+        assert_eq!(c.server.http_addr(), Some("127.0.0.1:8000".parse().unwrap()));
+        c.server.grpc_listen = String::new();
+        assert_eq!(c.server.grpc_addr(), None);
+        assert!(c.validate().is_ok(), "an empty address turns a front end off");
+        c.server.http_listen = "localhost".into();
+        assert_eq!(c.validate().unwrap_err().key, "server.http_listen");
+        let mut c = Config::default();
+        c.dispatch.timeout_max_ms = 0.5;
+        assert_eq!(c.validate().unwrap_err().key, "dispatch.timeout_max_ms");
     }
 
     #[test]

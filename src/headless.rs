@@ -133,6 +133,12 @@ fn say(line: &str) {
 fn print_banner(s: &Service) {
     let e = &s.engine;
     say(&format!("edgeinfer: listening on {}", s.addr));
+    if let Some(a) = s.http_addr {
+        say(&format!("edgeinfer: Open Inference Protocol on http://{a}/v2 (models {}), metrics on http://{a}/metrics", s.oip.model_names().join(", ")));
+    }
+    if let Some(a) = s.grpc_addr {
+        say(&format!("edgeinfer: Open Inference Protocol over gRPC on {a}"));
+    }
     say(&format!("edgeinfer: backend {}", e.backend.describe()));
     say(&format!("edgeinfer: {} models, policy {}, T = {} ms", e.ladder.len(), e.policy_name(), e.dispatcher.bound_ms()));
     if e.any_synthetic() {

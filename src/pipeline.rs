@@ -67,7 +67,7 @@ pub fn error_reply(id: u64, status: Status, msg: String) -> (Response, RequestRe
 }
 
 /// Constant-time comparison, so response timing does not reveal how much of a guess was right.
-fn token_matches(expected: &str, given: &str) -> bool {
+pub(crate) fn token_matches(expected: &str, given: &str) -> bool {
     if expected.is_empty() {
         return true;
     }

@@ -12,7 +12,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_edgeinfer");
 fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
     let manifest = common::tiny_ladder(dir);
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[models]\nmanifest = \"{}\"\n[dispatch]\nwarmup_runs = 2\n{extra}",
+        "[server]\nlisten = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\ngrpc_listen = \"127.0.0.1:0\"\n[models]\nmanifest = \"{}\"\n[dispatch]\nwarmup_runs = 2\n{extra}",
         manifest.display()
     );
     let path = dir.join("config.toml");

@@ -52,7 +52,7 @@ impl Drop for Tmux {
 fn write_config(dir: &Path) -> std::path::PathBuf {
     let manifest = common::tiny_ladder(dir);
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[models]\nmanifest = {:?}\n[dispatch]\nwarmup_runs = 2\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\ngrpc_listen = \"127.0.0.1:0\"\n[models]\nmanifest = {:?}\n[dispatch]\nwarmup_runs = 2\n",
         manifest.display().to_string()
     );
     let path = dir.join("config.toml");

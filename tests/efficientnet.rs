@@ -175,7 +175,7 @@ fn served_with_manifest_flag_it_says_pretrained() {
     let out = Command::new(env!("CARGO_BIN_EXE_edgeinfer"))
         .arg("--manifest")
         .arg(c.dir.join("ladder.toml"))
-        .args(["--headless", "--duration", "0.5", "--listen", "127.0.0.1:0", "--summary"])
+        .args(["--headless", "--duration", "0.5", "--listen", "127.0.0.1:0", "--http-listen", "", "--grpc-listen", "", "--summary"])
         .arg(&summary)
         .output()
         .unwrap();

@@ -62,6 +62,8 @@ async fn start(cfg: Config, first: StandIn) -> Service {
 fn config() -> Config {
     let mut c = Config::default();
     c.server.listen = "127.0.0.1:0".parse().unwrap();
+    c.server.http_listen = "127.0.0.1:0".into();
+    c.server.grpc_listen = "127.0.0.1:0".into();
     c.engine.backend = BackendChoice::Tract; // no model files are loaded; any backend will do
     c.dispatch.latency_bound_ms = 1_000.0;
     c

@@ -12,30 +12,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use edgeinfer::config::{BackendChoice, Config};
-use edgeinfer::engine::worker::Infer;
-use edgeinfer::engine::{backend, Engine};
+use edgeinfer::engine::Engine;
 use edgeinfer::experiment::optimum::{optimum, Point};
-use edgeinfer::models::ModelSpec;
 
 mod common;
-
-/// Sleeps for its cost; counts its runs.
-struct Sleeper {
-    cost: Duration,
-    runs: Arc<AtomicUsize>,
-}
-
-impl Infer for Sleeper {
-    fn infer(&mut self, _input: &[f32]) -> anyhow::Result<Vec<f32>> {
-        self.runs.fetch_add(1, Ordering::Relaxed);
-        std::thread::sleep(self.cost);
-        Ok(vec![0.5, 0.25, 0.25])
-    }
-}
-
-fn spec(name: &str, accuracy: f32) -> ModelSpec {
-    common::stand_in_spec(name, accuracy)
-}
 
 /// Ladder: (cost ms, accuracy), most accurate first.
 const LADDER: [(f64, f32); 4] = [(20.0, 70.0), (10.0, 60.0), (5.0, 50.0), (2.5, 40.0)];
@@ -48,13 +28,7 @@ fn engine(runs: &Arc<AtomicUsize>, max_waiting: usize) -> Engine {
     cfg.dispatch.latency_bound_ms = T_MS;
     cfg.server.max_waiting = max_waiting;
     assert_eq!(cfg.dispatch.policy, "deadline", "the default policy is under test");
-    let backend = backend::init(&cfg.engine).unwrap();
-    let specs = LADDER.iter().enumerate().map(|(i, (_, a))| spec(&format!("m{i}"), *a)).collect();
-    let sets = (0..WORKERS)
-        .map(|_| LADDER.iter().map(|(ms, _)| Box::new(Sleeper { cost: Duration::from_secs_f64(ms / 1e3), runs: runs.clone() }) as Box<dyn Infer>).collect())
-        .collect();
-    let warmup = LADDER.iter().map(|(ms, _)| ms * 1000.0).collect();
-    Engine::from_model_sets(&cfg, backend, specs, sets, warmup).unwrap()
+    common::sleeper_engine(&cfg, &LADDER, WORKERS, runs)
 }
 
 struct Load {

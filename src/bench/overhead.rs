@@ -168,7 +168,7 @@ pub async fn cheapest_run(cfg: &Config, clients: usize, resolution: Option<u16>,
     if let Some(r) = resolution {
         c.fleet.resolutions = vec![r];
     }
-    let service = Service::start(c).await?;
+    let service = Service::start(crate::service::binary_only(c)).await?;
     let report = headless::drive(service, HeadlessOptions { duration: Some(Duration::from_secs_f64(secs)), summary: None, timeseries: None }).await?;
     // The first two intervals are the start-up transient.
     let steady: Vec<f64> = report.rows.iter().skip(2).filter(|r| r.clients == clients).map(|r| r.rps).collect();

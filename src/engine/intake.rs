@@ -40,6 +40,15 @@ impl Drop for Admitted {
     }
 }
 
+/// A request for one rung by name, past the policy (the Open Inference Protocol serves each rung
+/// as a model of its own): the rung, and its input tensor when the requester sent one instead of
+/// an image.
+pub struct Pinned {
+    pub rung: usize,
+    /// Already in the rung's input shape (checked by the front end); `None`: decode `image`.
+    pub tensor: Option<Vec<f32>>,
+}
+
 /// An accepted request on its way through the engine.
 pub struct Ticket {
     /// The encoded image, as received (a view into the frame; no copy).
@@ -50,6 +59,8 @@ pub struct Ticket {
     pub bound_us: f64,
     pub reply: oneshot::Sender<Answer>,
     pub admitted: Admitted,
+    /// Set by [`Engine::submit_to`](super::Engine::submit_to): no dispatch, this rung only.
+    pub pinned: Option<Pinned>,
 }
 
 impl Ticket {
@@ -190,7 +201,7 @@ mod tests {
 
     fn ticket(intake: &Intake, bound_us: f64) -> (Ticket, oneshot::Receiver<Answer>) {
         let (tx, rx) = oneshot::channel();
-        let t = Ticket { image: Bytes::new(), arrival: Instant::now(), bound_us, reply: tx, admitted: intake.admit().unwrap() };
+        let t = Ticket { image: Bytes::new(), arrival: Instant::now(), bound_us, reply: tx, admitted: intake.admit().unwrap(), pinned: None };
         (t, rx)
     }
 

@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod intake;
+pub mod pinned;
 pub mod pool;
 pub mod preprocess;
 pub mod session;
@@ -28,7 +29,7 @@ use crate::dispatch::policy::{self, Mode};
 use crate::dispatch::Dispatcher;
 use crate::models::{Ladder, ModelSpec};
 use backend::BackendInfo;
-use intake::{Intake, Refusal, Ticket};
+use intake::{Intake, Pinned, Refusal, Ticket};
 use pool::{Learner, Pool};
 use preprocess::ImageError;
 use session::ModelSession;
@@ -73,11 +74,14 @@ pub struct Answer {
     /// What the `deadline` policy aimed this request at, when it had a choice: its latency,
     /// measured where the front end receives the answer, teaches the policy its target.
     pub aim: Option<pool::Aim>,
+    /// Every class's score, as the model gave it (empty when no model ran): the Open Inference
+    /// Protocol returns the whole vector. The model's own output, moved, not copied.
+    pub scores: Vec<f32>,
 }
 
 impl Answer {
     pub fn failed(why: Failure, queue_us: u64) -> Answer {
-        Answer { model: None, result: Err(why), queue_us, preprocess_us: 0, inference_us: 0, estimate_us: None, aim: None }
+        Answer { model: None, result: Err(why), queue_us, preprocess_us: 0, inference_us: 0, estimate_us: None, aim: None, scores: Vec::new() }
     }
 }
 
@@ -105,6 +109,12 @@ impl Future for Pending {
         }
         Poll::Ready(out)
     }
+}
+
+/// What a request for one rung carries: an encoded image, or a tensor in the rung's input shape.
+pub enum Input {
+    Image(Bytes),
+    Tensor(Vec<f32>),
 }
 
 /// How requests reach the models.
@@ -219,10 +229,26 @@ impl Engine {
     /// answer will arrive. `arrival` is when its bytes arrived: time spent since counts against
     /// its bound. `bound` is its own latency bound; `None` means T. Never blocks.
     pub fn submit(&self, image: Bytes, arrival: Instant, bound: Option<Duration>) -> Result<Pending, Refusal> {
+        self.enter(image, arrival, bound, None)
+    }
+
+    /// The same door for a request addressed to one rung: admitted and counted exactly as
+    /// [`submit`](Self::submit), queued in the same FIFO, but run on `rung` with no policy
+    /// decision. A tensor must already have the rung's input length (the front end checks it).
+    pub fn submit_to(&self, rung: usize, input: Input, arrival: Instant, bound: Option<Duration>) -> Result<Pending, Refusal> {
+        debug_assert!(rung < self.ladder.len());
+        let (image, tensor) = match input {
+            Input::Image(b) => (b, None),
+            Input::Tensor(t) => (Bytes::new(), Some(t)),
+        };
+        self.enter(image, arrival, bound, Some(Pinned { rung, tensor }))
+    }
+
+    fn enter(&self, image: Bytes, arrival: Instant, bound: Option<Duration>, pinned: Option<Pinned>) -> Result<Pending, Refusal> {
         let admitted = self.intake.admit()?;
         let bound_us = bound.map_or_else(|| self.dispatcher.bound_ms() * 1000.0, |b| b.as_secs_f64() * 1e6);
         let (reply, rx) = oneshot::channel();
-        self.intake.push(Ticket { image, arrival, bound_us, reply, admitted })?;
+        self.intake.push(Ticket { image, arrival, bound_us, reply, admitted, pinned })?;
         let learner = match &self.executor {
             Executor::Shared(p) => Some(p.learner()),
             Executor::Queues(_) => None,

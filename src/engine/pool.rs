@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use super::intake::{Intake, Taken};
+use super::intake::{Intake, Pinned, Taken, Ticket};
 use super::preprocess::Preprocessor;
 use super::worker::{execute, Infer};
 use super::{Answer, Failure, Limits};
@@ -154,8 +154,12 @@ fn run(w: usize, mut models: Vec<Box<dyn Infer>>, s: &Shared) {
     let mut dither = Dither((w as f64 * 0.37) % 1.0);
     // This worker's average resize + normalise time: what is still ahead of a decoded request.
     let mut resize_us = 0.0;
-    while let Some(Taken { ticket, behind, newest_slack_us }) = s.intake.take() {
+    while let Some(Taken { mut ticket, behind, newest_slack_us }) = s.intake.take() {
         let taken = Instant::now();
+        if let Some(p) = ticket.pinned.take() {
+            serve_pinned(w, s, p, ticket, taken, &mut models, &mut pre, &mut tensor);
+            continue;
+        }
         let queue_us = taken.saturating_duration_since(ticket.arrival).as_micros() as u64;
         let d = &s.dispatcher;
         // Past saturation: a request that cannot make its deadline even on the cheapest model,
@@ -237,7 +241,7 @@ fn run(w: usize, mut models: Vec<Box<dyn Infer>>, s: &Shared) {
         d.begin(m);
         let end_us = started.duration_since(s.epoch).as_micros() as u64 + d.estimate_us(m) as u64;
         s.busy_until[w].store(end_us.max(1), Ordering::Relaxed);
-        let (result, inference_us) = execute(&mut models[m], m, &tensor, d, s.limits.top_k);
+        let (result, inference_us, scores) = execute(&mut models[m], m, &tensor, d, s.limits.top_k);
         s.busy_until[w].store(0, Ordering::Relaxed);
         let answer = Answer {
             model: Some(m),
@@ -252,9 +256,36 @@ fn run(w: usize, mut models: Vec<Box<dyn Infer>>, s: &Shared) {
             // the load fell (measured: the cheapest model for 30 s at 56 clients on a slow
             // 2-core second).
             aim: (s.choice == SharedChoice::Deadline && in_control).then_some(Aim { alpha: aimed, bound_us: ticket.bound_us }),
+            scores,
         };
         ticket.answer(answer);
     }
+}
+
+/// A request pinned to one rung (`Engine::submit_to`): no shedding and no policy decision, the
+/// rung runs it. Its run is announced in `busy_until` like any other, so the `deadline` policy's
+/// view of the cores stays whole while it runs.
+#[allow(clippy::too_many_arguments)]
+fn serve_pinned(w: usize, s: &Shared, p: Pinned, ticket: Ticket, taken: Instant, models: &mut [Box<dyn Infer>], pre: &mut Preprocessor, tensor: &mut Vec<f32>) {
+    let queue_us = taken.saturating_duration_since(ticket.arrival).as_micros() as u64;
+    let (m, d) = (p.rung, &s.dispatcher);
+    if let Err(e) = super::pinned::prepare(pre, &ticket.image, p.tensor, &s.specs[m], s.limits.max_image_pixels, tensor) {
+        ticket.answer(Answer::failed(Failure::Image(e), queue_us));
+        return;
+    }
+    let started = Instant::now();
+    if ticket.abandoned() {
+        s.intake.count_abandoned();
+        return;
+    }
+    let estimate_us = d.estimate_us(m);
+    d.begin(m);
+    s.busy_until[w].store((started.duration_since(s.epoch).as_micros() as u64 + estimate_us as u64).max(1), Ordering::Relaxed);
+    let (result, inference_us, scores) = execute(&mut models[m], m, tensor, d, s.limits.top_k);
+    s.busy_until[w].store(0, Ordering::Relaxed);
+    let preprocess_us = started.duration_since(taken).as_micros() as u64;
+    let answer = Answer { model: Some(m), result: result.map_err(Failure::Inference), queue_us, preprocess_us, inference_us, estimate_us: Some(estimate_us), aim: None, scores };
+    ticket.answer(answer);
 }
 
 fn us(d: std::time::Duration) -> f64 {

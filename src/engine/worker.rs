@@ -9,7 +9,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Mutex, RwLock};
 
-use super::intake::{Intake, Refusal, Ticket};
+use super::intake::{Intake, Pinned, Refusal, Ticket};
 use super::preprocess::Preprocessor;
 use super::session::{top_k, ModelSession};
 use super::{Answer, Failure, Limits};
@@ -102,9 +102,13 @@ fn run_stage(queues: &[Sender<Job>], intake: &Intake, dispatcher: &Dispatcher, s
     let min_side = specs.iter().map(|m| m.input.size).max().unwrap_or(0);
     let mut pre = Preprocessor::new();
     while let Some(taken) = intake.take() {
-        let ticket = taken.ticket;
+        let mut ticket = taken.ticket;
         let taken_at = Instant::now();
         let waited_us = taken_at.saturating_duration_since(ticket.arrival).as_micros() as u64;
+        if let Some(p) = ticket.pinned.take() {
+            stage_pinned(p, ticket, taken_at, queues, dispatcher, specs, limits, &mut pre);
+            continue;
+        }
         // Decoding comes first so that a bad image never occupies a queue slot.
         if let Err(e) = pre.decode(&ticket.image, limits.max_image_pixels, min_side) {
             ticket.answer(Answer::failed(Failure::Image(e), waited_us));
@@ -125,6 +129,24 @@ fn run_stage(queues: &[Sender<Job>], intake: &Intake, dispatcher: &Dispatcher, s
     }
 }
 
+/// A request for one rung: its tensor goes straight to that rung's queue, no policy decision.
+#[allow(clippy::too_many_arguments)]
+fn stage_pinned(p: Pinned, ticket: Ticket, taken_at: Instant, queues: &[Sender<Job>], d: &Dispatcher, specs: &[ModelSpec], limits: Limits, pre: &mut Preprocessor) {
+    let waited_us = taken_at.saturating_duration_since(ticket.arrival).as_micros() as u64;
+    let mut tensor = Vec::new();
+    if let Err(e) = super::pinned::prepare(pre, &ticket.image, p.tensor, &specs[p.rung], limits.max_image_pixels, &mut tensor) {
+        ticket.answer(Answer::failed(Failure::Image(e), waited_us));
+        return;
+    }
+    let preprocess_us = taken_at.elapsed().as_micros() as u64;
+    d.begin(p.rung);
+    let job = Job { tensor, ticket, waited_us, preprocess_us, estimate_us: d.estimate_us(p.rung), enqueued: Instant::now() };
+    if let Err(e) = queues[p.rung].send(job) {
+        d.release(p.rung);
+        e.into_inner().ticket.answer(Answer::failed(Failure::Refused(Refusal::ShuttingDown), waited_us));
+    }
+}
+
 fn run_queue<M: Infer>(index: usize, mut model: M, rx: Receiver<Job>, dispatcher: &Dispatcher, intake: &Intake, limits: Limits) {
     super::lower_thread_priority(limits.nice);
     let k = limits.top_k;
@@ -138,7 +160,7 @@ fn run_queue<M: Infer>(index: usize, mut model: M, rx: Receiver<Job>, dispatcher
             intake.count_abandoned();
             continue;
         }
-        let (result, inference_us) = execute(&mut model, index, &job.tensor, dispatcher, k);
+        let (result, inference_us, scores) = execute(&mut model, index, &job.tensor, dispatcher, k);
         let answer = Answer {
             model: Some(index),
             result: result.map_err(Failure::Inference),
@@ -147,28 +169,33 @@ fn run_queue<M: Infer>(index: usize, mut model: M, rx: Receiver<Job>, dispatcher
             inference_us,
             estimate_us: Some(job.estimate_us),
             aim: None,
+            scores,
         };
         job.ticket.answer(answer);
     }
 }
 
 /// Runs model `index` on one tensor, times it, and settles the dispatcher's books for it
-/// (`complete` with the time on success, `release` on failure). Returns top-k or why not.
+/// (`complete` with the time on success, `release` on failure). Returns top-k or why not, the
+/// time, and every score (empty on failure).
 pub fn execute<M: Infer>(
     model: &mut M,
     index: usize,
     tensor: &[f32],
     dispatcher: &Dispatcher,
     k: usize,
-) -> (Result<Vec<(usize, f32)>, String>, u64) {
+) -> (Result<Vec<(usize, f32)>, String>, u64, Vec<f32>) {
     let start = Instant::now();
     // A panic inside one inference must fail that request, not the worker.
     let ran = std::panic::catch_unwind(AssertUnwindSafe(|| model.infer(tensor)));
     let inference_us = start.elapsed().as_micros() as u64;
+    let mut all = Vec::new();
     let result = match ran {
         Ok(Ok(scores)) => {
             dispatcher.complete(index, inference_us as f64);
-            Ok(top_k(&scores, k))
+            let top = top_k(&scores, k);
+            all = scores;
+            Ok(top)
         }
         Ok(Err(e)) => {
             dispatcher.release(index);
@@ -186,7 +213,7 @@ pub fn execute<M: Infer>(
             Err(format!("inference panicked: {what}"))
         }
     };
-    (result, inference_us)
+    (result, inference_us, all)
 }
 
 #[cfg(test)]

@@ -176,7 +176,7 @@ pub struct Saturation {
 
 fn run_scenario(runtime: &tokio::runtime::Runtime, cfg: Config, secs: Duration) -> Result<Report> {
     runtime.block_on(async {
-        let service = Service::start(cfg).await?;
+        let service = Service::start(crate::service::binary_only(cfg)).await?;
         headless::drive(service, HeadlessOptions { duration: Some(secs), summary: None, timeseries: None }).await
     })
 }

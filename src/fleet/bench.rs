@@ -50,7 +50,7 @@ pub async fn run(mut config: Config, clients: usize, secs: f64, warmup_s: f64, c
     let (service, addr) = match connect {
         Some(a) => (None, tokio::net::lookup_host(a).await?.next().with_context(|| format!("{a} resolves to no address"))?),
         None => {
-            let s = Service::start(config.clone()).await?;
+            let s = Service::start(crate::service::binary_only(config.clone())).await?;
             let addr = s.addr;
             (Some(s), addr)
         }

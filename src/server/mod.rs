@@ -1,6 +1,11 @@
-//! The TCP front end: accepts device connections and runs one task per connection.
+//! The TCP front end: accepts device connections and runs one task per connection. Beside it,
+//! the Open Inference Protocol front ends (`oip.rs` shared, `http.rs`, `grpc.rs`).
 
 mod connection;
+pub mod grpc;
+mod guarded;
+pub mod http;
+pub mod oip;
 pub mod shutdown;
 
 use std::net::SocketAddr;
@@ -67,7 +72,7 @@ impl Drop for OpenGuard {
 /// reset connections that already sent a request. The kernel caps it at `net.core.somaxconn`.
 const ACCEPT_BACKLOG: u32 = 4096;
 
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;

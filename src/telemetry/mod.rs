@@ -4,6 +4,7 @@
 //! Writers (connection tasks) take a short lock per request; readers (status line, console)
 //! take snapshots, so neither ever waits on the other for long.
 
+pub mod metrics;
 pub mod summary;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -97,6 +98,8 @@ pub struct Telemetry {
     accuracies: Vec<f32>,
     inner: Mutex<Inner>,
     connections: ConnectionCounters,
+    /// Prometheus counters and gauges (`GET /metrics`), fed by every recorded request.
+    pub metrics: metrics::Metrics,
 }
 
 /// Connection-level counts, kept apart from the per-request lock.
@@ -147,6 +150,7 @@ impl Telemetry {
                 events: VecDeque::new(),
             }),
             connections: ConnectionCounters::default(),
+            metrics: metrics::Metrics::new(),
         }
     }
 
@@ -177,6 +181,18 @@ impl Telemetry {
 
     /// Records an answered request; `bound_ms` is T at the time, for SLO attainment.
     pub fn record(&self, r: &RequestRecord, bound_ms: f64) {
+        self.book(r, bound_ms);
+        self.metrics.request(None, r.status.as_str(), r, bound_ms);
+    }
+
+    /// Records a request that addressed a model by name (the Open Inference Protocol), with
+    /// its status label; `bound_ms` is the bound it was held to (T or its own timeout).
+    pub fn record_named(&self, model: &str, status: &str, r: &RequestRecord, bound_ms: f64) {
+        self.book(r, bound_ms);
+        self.metrics.request(Some(model), status, r, bound_ms);
+    }
+
+    fn book(&self, r: &RequestRecord, bound_ms: f64) {
         let total = r.timings.total_us as u64;
         let mut g = self.inner.lock();
         g.requests += 1;

@@ -49,7 +49,7 @@ pub struct ConsoleBench {
 pub fn run(runtime: &tokio::runtime::Runtime, config: Config, o: BenchOptions) -> Result<ConsoleBench> {
     let ui = config.ui.clone();
     let fleet_cfg = config.fleet.clone();
-    let service = runtime.block_on(Service::start(config))?;
+    let service = runtime.block_on(Service::start(crate::service::binary_only(config)))?;
     let control = service.control.clone();
     // The real built-in fleet, as the console runs it; a stand-in only if it cannot start.
     let real = runtime

@@ -5,7 +5,13 @@
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
 use edgeinfer::config::{BackendChoice, Config};
+use edgeinfer::engine::worker::Infer;
+use edgeinfer::engine::{backend, Engine};
 use edgeinfer::models::{ChannelOrder, InputSpec, Layout, ModelSpec, OutputKind};
 use edgeinfer::service::Service;
 
@@ -28,6 +34,9 @@ pub fn config(dir: &Path, backend: BackendChoice) -> Config {
     let mut c = Config::default();
     c.models.manifest = tiny_ladder(dir);
     c.server.listen = "127.0.0.1:0".parse().unwrap();
+    // Every front end on an ephemeral port: tests run side by side.
+    c.server.http_listen = "127.0.0.1:0".into();
+    c.server.grpc_listen = "127.0.0.1:0".into();
     c.engine.backend = backend;
     c.dispatch.warmup_runs = 2;
     c
@@ -79,4 +88,47 @@ pub fn stand_in_spec(name: &str, accuracy: f32) -> ModelSpec {
         synthetic: None,
         resize: Default::default(),
     }
+}
+
+/// A stand-in model that sleeps for its cost (so timings do not depend on how busy the test
+/// machine's CPUs are) and counts its runs.
+pub struct Sleeper {
+    pub cost: Duration,
+    pub runs: Arc<AtomicUsize>,
+}
+
+impl Infer for Sleeper {
+    fn infer(&mut self, _input: &[f32]) -> anyhow::Result<Vec<f32>> {
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        std::thread::sleep(self.cost);
+        Ok(vec![0.5, 0.25, 0.25])
+    }
+}
+
+/// An engine over stand-in rungs `m0, m1, …` of the given (cost ms, accuracy), most accurate
+/// first, on `workers` executor threads, with the policy and bound `cfg` names.
+pub fn sleeper_engine(cfg: &Config, ladder: &[(f64, f32)], workers: usize, runs: &Arc<AtomicUsize>) -> Engine {
+    let backend = backend::init(&cfg.engine).unwrap();
+    let specs = ladder.iter().enumerate().map(|(i, (_, a))| stand_in_spec(&format!("m{i}"), *a)).collect();
+    let sets = (0..workers)
+        .map(|_| ladder.iter().map(|(ms, _)| Box::new(Sleeper { cost: Duration::from_secs_f64(ms / 1e3), runs: runs.clone() }) as Box<dyn Infer>).collect())
+        .collect();
+    let warmup = ladder.iter().map(|(ms, _)| ms * 1000.0).collect();
+    Engine::from_model_sets(cfg, backend, specs, sets, warmup).unwrap()
+}
+
+/// Stand-in rungs m0..m3 of 60, 10, 5 and 2.5 ms (declared 70, 60, 50, 40 %).
+pub const STAND_IN_LADDER: [(f64, f32); 4] = [(60.0, 70.0), (10.0, 60.0), (5.0, 50.0), (2.5, 40.0)];
+
+/// A service over [`STAND_IN_LADDER`] with T = 200 ms, two executor threads, every front end on
+/// an ephemeral port: idle, the 60 ms rung serves; a tighter bound makes a cheaper one serve.
+pub async fn stand_in_service() -> Service {
+    let mut cfg = Config::default();
+    cfg.engine.backend = BackendChoice::Tract; // no model files are loaded; any backend will do
+    cfg.dispatch.latency_bound_ms = 200.0;
+    cfg.server.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.server.http_listen = "127.0.0.1:0".into();
+    cfg.server.grpc_listen = "127.0.0.1:0".into();
+    let engine = sleeper_engine(&cfg, &STAND_IN_LADDER, 2, &Arc::new(AtomicUsize::new(0)));
+    Service::with_engine(cfg, engine).await.unwrap()
 }
