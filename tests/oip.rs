@@ -288,7 +288,7 @@ async fn grpc_classifies_and_refuses_bad_input_clearly() {
         (ModelInferRequest { model_name: "edgeinfer".into(), ..Default::default() }, Code::InvalidArgument, "missing input"),
         (grpc_image_request("nonesuch", "BYTES", vec![1], good.clone()), Code::NotFound, "unknown model"),
         (grpc_image_request("edgeinfer", "BYTES", vec![1], truncated), Code::InvalidArgument, "only"),
-        (grpc_image_request("edgeinfer", "BYTES", vec![1], vec![0; 300 * 1024]), Code::ResourceExhausted, ""),
+        (grpc_image_request("edgeinfer", "BYTES", vec![1], vec![0; 300 * 1024]), Code::OutOfRange, "too large"),
     ];
     for (req, code, needle) in cases {
         let e = c.model_infer(authed(req)).await.unwrap_err();

@@ -1,8 +1,8 @@
 //! The Open Inference Protocol over gRPC: `inference.GRPCInferenceService` (proto/
 //! grpc_predict_v2.proto) on tonic. Messages are translated to and from `oip.rs`'s types, which
 //! do the validation and enter the engine. Limits: the token in the `authorization` metadata
-//! (`Bearer TOKEN`), `server.max_frame_bytes` as the largest message (checked from its length
-//! prefix before it is buffered), `server.max_connections`, and the idle and write timeouts
+//! (`Bearer TOKEN`), `server.max_frame_bytes` as the largest message (tonic checks its length
+//! prefix before buffering it and answers `OUT_OF_RANGE`), `server.max_connections`, and the idle and write timeouts
 //! (`guarded.rs`). Shutdown stops accepting and lets calls in flight finish.
 
 use std::sync::atomic::{AtomicUsize, Ordering};

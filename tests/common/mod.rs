@@ -124,7 +124,8 @@ pub const STAND_IN_LADDER: [(f64, f32); 4] = [(60.0, 70.0), (10.0, 60.0), (5.0, 
 /// an ephemeral port: idle, the 60 ms rung serves; a tighter bound makes a cheaper one serve.
 pub async fn stand_in_service() -> Service {
     let mut cfg = Config::default();
-    cfg.engine.backend = BackendChoice::Tract; // no model files are loaded; any backend will do
+    // No model files are loaded, so any backend will do: the one the rest of the process uses.
+    cfg.engine.backend = BackendChoice::Auto;
     cfg.dispatch.latency_bound_ms = 200.0;
     cfg.server.listen = "127.0.0.1:0".parse().unwrap();
     cfg.server.http_listen = "127.0.0.1:0".into();
