@@ -39,6 +39,11 @@ fn tool_missing(cmd: &str, args: &[&str]) -> Option<String> {
     }
 }
 
+/// Whether every one of these commands runs (`--version`); see [`require`].
+fn have(tools: &[&str]) -> bool {
+    tools.iter().all(|t| require(t, tool_missing(t, &["--version"])))
+}
+
 /// Runs curl off the async runtime (the server under test shares it): (succeeded, stdout).
 async fn curl(args: Vec<String>) -> (bool, String) {
     tokio::task::spawn_blocking(move || {
@@ -190,7 +195,7 @@ async fn tritonclient_http_and_grpc_classify_through_the_ladder_and_a_rung() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_reads_health_and_metadata_and_promtool_accepts_the_metrics() {
-    if !require("curl", tool_missing("curl", &["--version"])) || !require("promtool", tool_missing("promtool", &["--version"])) {
+    if !have(&["curl", "promtool"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -242,7 +247,7 @@ fn free_port() -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_prometheus_scrapes_the_request_count_sent() {
-    if !require("prometheus", tool_missing("prometheus", &["--version"])) || !require("curl", tool_missing("curl", &["--version"])) {
+    if !have(&["prometheus", "curl"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
