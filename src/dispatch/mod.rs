@@ -21,20 +21,22 @@ pub fn ewma(old: f64, sample: f64, w: f64) -> f64 {
 /// An f64 behind an atomic, updated without losing concurrent writes (several executor threads
 /// complete runs of the same model at once; a plain load-then-store would drop some samples).
 #[derive(Default)]
-struct AtomicF64(AtomicU64);
+pub(crate) struct AtomicF64(AtomicU64);
 
 impl AtomicF64 {
-    fn new(v: f64) -> Self {
+    pub(crate) fn new(v: f64) -> Self {
         Self(AtomicU64::new(v.to_bits()))
     }
-    fn get(&self) -> f64 {
+    pub(crate) fn get(&self) -> f64 {
         f64::from_bits(self.0.load(Ordering::Relaxed))
     }
-    fn set(&self, v: f64) {
+    pub(crate) fn set(&self, v: f64) {
         self.0.store(v.to_bits(), Ordering::Relaxed);
     }
-    fn update(&self, f: impl Fn(f64) -> f64) {
-        let _ = self.0.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| Some(f(f64::from_bits(bits)).to_bits()));
+    /// Applies `f` atomically and returns the value it wrote.
+    pub(crate) fn update(&self, f: impl Fn(f64) -> f64) -> f64 {
+        let previous = self.0.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| Some(f(f64::from_bits(bits)).to_bits()));
+        f(f64::from_bits(previous.unwrap_or_else(|bits| bits)))
     }
 }
 
@@ -249,7 +251,9 @@ mod tests {
         let handles: Vec<_> = (0..4)
             .map(|_| {
                 let x = x.clone();
-                std::thread::spawn(move || (0..20_000).for_each(|_| x.update(|v| v + 1.0)))
+                std::thread::spawn(move || (0..20_000).for_each(|_| {
+                    x.update(|v| v + 1.0);
+                }))
             })
             .collect();
         handles.into_iter().for_each(|h| h.join().unwrap());

@@ -20,7 +20,7 @@ use super::worker::{execute, Infer};
 use super::{Answer, Failure, Limits};
 use crate::dispatch::deadline::{self, Decision, Rung, View};
 use crate::dispatch::policy::SharedChoice;
-use crate::dispatch::{ewma, Dispatcher};
+use crate::dispatch::{ewma, AtomicF64, Dispatcher};
 use crate::models::ModelSpec;
 
 /// State the workers share beside the queue.
@@ -35,8 +35,8 @@ struct Shared {
     epoch: Instant,
     /// α of the `deadline` policy and how it is learned.
     learner: Arc<Learner>,
-    /// The mix's budget, µs (f64 bits; NaN until the first request), see `deadline::smooth_budget`.
-    budget: AtomicU64,
+    /// The mix's budget, µs (NaN until the first request), see `deadline::smooth_budget`.
+    budget: AtomicF64,
 }
 
 pub struct Pool {
@@ -65,7 +65,7 @@ impl Pool {
             busy_until: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             epoch,
             learner: Arc::new(Learner::new(epoch)),
-            budget: AtomicU64::new(f64::NAN.to_bits()),
+            budget: AtomicF64::new(f64::NAN),
         });
         let mut threads = Vec::with_capacity(workers);
         for (w, models) in model_sets.into_iter().enumerate() {
@@ -104,26 +104,25 @@ pub struct Aim {
 /// (`deadline::Tail`). Shared by the executor threads, which read α, and the front ends'
 /// [`super::Pending`]s, which report the latencies.
 pub struct Learner {
-    /// α, f64 bits.
-    target: AtomicU64,
+    target: AtomicF64,
     tail: Mutex<deadline::Tail>,
     epoch: Instant,
 }
 
 impl Learner {
     fn new(epoch: Instant) -> Learner {
-        Learner { target: AtomicU64::new(deadline::INITIAL_TARGET.to_bits()), tail: Mutex::new(deadline::Tail::default()), epoch }
+        Learner { target: AtomicF64::new(deadline::INITIAL_TARGET), tail: Mutex::new(deadline::Tail::default()), epoch }
     }
 
     pub fn target(&self) -> f64 {
-        f64::from_bits(self.target.load(Ordering::Relaxed))
+        self.target.get()
     }
 
     /// One answered request's latency, µs.
     pub fn learn(&self, aim: Aim, latency_us: f64) {
         let now_us = self.epoch.elapsed().as_micros() as u64;
         if let Some(alpha) = self.tail.lock().record(now_us, latency_us, aim.bound_us, aim.alpha) {
-            self.target.store(alpha.to_bits(), Ordering::Relaxed);
+            self.target.set(alpha);
         }
     }
 }
@@ -214,10 +213,7 @@ fn run(w: usize, mut models: Vec<Box<dyn Infer>>, s: &Shared) {
                 };
                 let share = deadline::share_budget(&view);
                 let peers = behind + s.busy_until.len();
-                let smoothed = s
-                    .budget
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some(deadline::smooth_budget(f64::from_bits(b), share, peers).to_bits()))
-                    .map_or(share, |b| deadline::smooth_budget(f64::from_bits(b), share, peers));
+                let smoothed = s.budget.update(|b| deadline::smooth_budget(b, share, peers));
                 view.smoothed_budget_us = Some(smoothed);
                 in_control = hull.first().is_some_and(|&c| smoothed >= rungs[c].cost_us);
                 deadline::choose(&view, &hull)
