@@ -1,20 +1,15 @@
 //! edgeinfer: an adaptive inference server for the network edge, after Muraru & Raiciu,
 //! "Efficient Inference at the Edge". See ARCHITECTURE.md for the path of a request.
 
-pub mod bench;
-pub mod cli;
 pub mod client;
+pub mod cmd;
 pub mod config;
 pub mod control;
 pub mod dispatch;
 pub mod engine;
-pub mod experiment;
 pub mod fleet;
-pub mod headless;
-pub mod infer;
 pub mod logging;
 pub mod models;
-pub mod pipeline;
 pub mod protocol;
 pub mod pypi;
 pub mod server;

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use edgeinfer::config::BackendChoice;
-use edgeinfer::headless::{self, HeadlessOptions};
+use edgeinfer::cmd::headless::{self, HeadlessOptions};
 use edgeinfer::service::Service;
 
 fn mean(v: &[f64]) -> f64 {

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use edgeinfer::config::{BackendChoice, Config};
 use edgeinfer::engine::worker::Infer;
 use edgeinfer::engine::{backend, Engine};
-use edgeinfer::experiment::optimum::{optimum, Point};
+use edgeinfer::cmd::experiment::optimum::{optimum, Point};
 use edgeinfer::models::ModelSpec;
 
 mod common;

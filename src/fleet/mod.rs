@@ -5,12 +5,10 @@
 //!
 //! The fleet is driven through [`FleetControl`] (console keys, headless flags, tests alike).
 
-pub mod bench;
 pub mod client;
 pub mod controller;
 pub mod images;
 pub mod link;
-pub mod standalone;
 pub mod stats;
 
 use std::net::SocketAddr;

@@ -1,6 +1,7 @@
 //! The TCP front end: accepts device connections and runs one task per connection.
 
 mod connection;
+pub mod pipeline;
 pub mod shutdown;
 
 use std::net::SocketAddr;

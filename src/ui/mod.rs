@@ -4,7 +4,6 @@
 
 pub mod action;
 pub mod app;
-pub mod bench;
 pub mod components;
 pub mod demo;
 pub mod keymap;
@@ -65,7 +64,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, config: Config, opts: ConsoleOptio
     // The fleet first, so every request it sent is answered before the server stops.
     runtime.block_on(fleet.shutdown());
     runtime.block_on(service.stop());
-    println!("{}", crate::headless::done_line(&crate::telemetry::summary::build(&engine, &telemetry)));
+    println!("{}", crate::cmd::headless::done_line(&crate::telemetry::summary::build(&engine, &telemetry)));
     if let Some(pct) = cpu {
         let line = format!("console thread CPU: {pct:.2}% of one core over {:.0} s, {} frames", wall0.elapsed().as_secs_f64(), app.frames);
         tracing::info!("{line}");

@@ -15,9 +15,9 @@ use ratatui::Terminal;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::app::App;
-use super::demo::StandInFleet;
-use super::state::NodeInfo;
+use crate::ui::app::App;
+use crate::ui::demo::StandInFleet;
+use crate::ui::state::NodeInfo;
 use crate::config::Config;
 use crate::service::Service;
 
@@ -73,13 +73,13 @@ pub fn run(runtime: &tokio::runtime::Runtime, config: Config, o: BenchOptions) -
     let mut app = App::new(NodeInfo::of(&service.engine, service.addr), control.clone(), &ui, None);
     let mut terminal = Terminal::new(TestBackend::new(o.width, o.height))?;
     let secs = Duration::try_from_secs_f64(o.secs.max(1.0))?;
-    let (cpu0, wall0) = (super::thread_cpu(), Instant::now());
+    let (cpu0, wall0) = (crate::ui::thread_cpu(), Instant::now());
     let input = |t: Duration| {
         std::thread::sleep(t);
         Ok(None)
     };
     app.run(&mut terminal, input, || wall0.elapsed() >= secs)?;
-    let cpu = super::cpu_share(cpu0, wall0);
+    let cpu = crate::ui::cpu_share(cpu0, wall0);
     // Counted while the clients still run: the fleet is empty once shut down.
     let listed = fleet.snapshot().clients.len();
     let wall = wall0.elapsed().as_secs_f64();

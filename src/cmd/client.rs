@@ -6,10 +6,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::stats::{ClientsSummary, Counts, FleetRow};
-use super::Fleet;
+use crate::fleet::stats::{ClientsSummary, Counts, FleetRow};
+use crate::fleet::Fleet;
 use crate::config::Config;
-use crate::headless::{fmt_opt, interval_line, per_resolution, run_until, HeadlessOptions};
+use crate::cmd::headless::{fmt_opt, interval_line, per_resolution, run_until, HeadlessOptions};
 use crate::telemetry::summary;
 use crate::telemetry::LatencySummary;
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 use crate::engine::preprocess::ImageError;
 use crate::engine::{Answer, Engine, Failure};
 use crate::protocol::{Class, ModelRef, Request, Response, Status, Timings};
-use crate::server::Limits;
+use super::Limits;
 use crate::telemetry::RequestRecord;
 
 /// Serves one decoded request. Never panics on input: every failure becomes a status.

@@ -25,7 +25,7 @@ use crate::engine::preprocess::{self, Preprocessor};
 use crate::engine::session::ModelSession;
 use crate::engine::{backend, warm_up};
 use crate::fleet::images::ImageSet;
-use crate::headless::{self, HeadlessOptions};
+use crate::cmd::headless::{self, HeadlessOptions};
 use crate::models::{Ladder, ModelSpec};
 use crate::protocol::{Class, Request, Response, Status, Timings};
 use crate::service::Service;

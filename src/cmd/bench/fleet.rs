@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::stats::{ClientsSummary, Counts};
-use super::Fleet;
+use crate::fleet::stats::{ClientsSummary, Counts};
+use crate::fleet::Fleet;
 use crate::config::Config;
 use crate::control::FleetControl;
 use crate::service::Service;
@@ -41,7 +41,7 @@ pub struct FleetBench {
 
 /// Resident set size of this process, kB (Linux: /proc/self/status).
 pub fn rss_kb() -> Result<u64> {
-    crate::bench::rss_kib(std::process::id()).context("cannot read VmRSS from /proc/self/status")
+    super::rss_kib(std::process::id()).context("cannot read VmRSS from /proc/self/status")
 }
 
 pub async fn run(mut config: Config, clients: usize, secs: f64, warmup_s: f64, connect: Option<&str>) -> Result<FleetBench> {
@@ -71,7 +71,7 @@ pub async fn run(mut config: Config, clients: usize, secs: f64, warmup_s: f64, c
             rss_after_warmup_kb = Some(rss_kb()?);
         }
         let r = fleet.tick();
-        eprintln!("  [{:>5.1}s] clients {} rps {:.1} p50 {} ms errors {} rss {} kB", r.t_s, r.clients, r.rps, crate::headless::fmt_opt(r.p50_ms, 1), r.errors, rss_kb().unwrap_or(0));
+        eprintln!("  [{:>5.1}s] clients {} rps {:.1} p50 {} ms errors {} rss {} kB", r.t_s, r.clients, r.rps, crate::cmd::headless::fmt_opt(r.p50_ms, 1), r.errors, rss_kb().unwrap_or(0));
     }
     let rss_after_kb = rss_kb()?;
     let rss_after_warmup_kb = rss_after_warmup_kb.unwrap_or(rss_after_kb);
@@ -119,8 +119,8 @@ pub fn report(b: &FleetBench) -> String {
         b.requests.errors,
         b.unanswered,
         b.panics,
-        crate::headless::fmt_opt(b.client_latency_ms.p50, 1),
-        crate::headless::fmt_opt(b.client_latency_ms.p99, 1),
-        crate::headless::fmt_opt(b.client_latency_ms.max, 1),
+        crate::cmd::headless::fmt_opt(b.client_latency_ms.p50, 1),
+        crate::cmd::headless::fmt_opt(b.client_latency_ms.p99, 1),
+        crate::cmd::headless::fmt_opt(b.client_latency_ms.max, 1),
     )
 }

@@ -3,6 +3,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub mod bench;
+pub mod client;
+pub mod experiment;
+pub mod headless;
+pub mod infer;
+
 use anyhow::{anyhow, Result};
 use clap::{Args, Parser, Subcommand};
 
@@ -341,14 +347,14 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match &cli.command {
         Some(Command::Infer { connect, json, token, images }) => {
-            let opts = crate::infer::InferOptions { connect: connect.clone(), images: images.clone(), json: *json, token: token.clone() };
-            let all_ok = runtime.block_on(crate::infer::run(opts))?;
+            let opts = self::infer::InferOptions { connect: connect.clone(), images: images.clone(), json: *json, token: token.clone() };
+            let all_ok = runtime.block_on(self::infer::run(opts))?;
             Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::from(2) })
         }
         Some(Command::Bench { what: BenchCommand::Models { iters, json } }) => {
             let cfg = cli.config()?;
-            let report = crate::bench::run_models(&cfg, *iters)?;
-            print!("{}", crate::bench::table(&report));
+            let report = self::bench::run_models(&cfg, *iters)?;
+            print!("{}", self::bench::table(&report));
             if let Some(p) = json {
                 crate::telemetry::summary::write_json(p, &report)?;
             }
@@ -356,15 +362,15 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
         }
         Some(Command::Bench { what: BenchCommand::Connections { count, hold } }) => {
             let hold = Duration::try_from_secs_f64(*hold).map_err(|_| anyhow!("--hold must be non-negative seconds"))?;
-            let report = runtime.block_on(crate::bench::run_connections(cli.config.as_deref(), *count, hold))?;
+            let report = runtime.block_on(self::bench::run_connections(cli.config.as_deref(), *count, hold))?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Bench { what: BenchCommand::Fleet { clients, secs, no_link, connect, warmup, json } }) => {
             let mut cfg = cli.config()?;
             cfg.fleet.link.enabled &= !*no_link;
-            let report = runtime.block_on(crate::fleet::bench::run(cfg, *clients, *secs, *warmup, connect.as_deref()))?;
-            print!("{}", crate::fleet::bench::report(&report));
+            let report = runtime.block_on(self::bench::fleet::run(cfg, *clients, *secs, *warmup, connect.as_deref()))?;
+            print!("{}", self::bench::fleet::report(&report));
             if let Some(p) = json {
                 crate::telemetry::summary::write_json(p, &report)?;
             }
@@ -373,15 +379,15 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
         }
         Some(Command::Client { connect, summary, timeseries, .. }) => {
             let cfg = cli.config()?;
-            let opts = crate::headless::HeadlessOptions { duration: cli.duration()?, summary: summary.clone(), timeseries: timeseries.clone() };
-            runtime.block_on(crate::fleet::standalone::run(cfg, connect, opts))?;
+            let opts = self::headless::HeadlessOptions { duration: cli.duration()?, summary: summary.clone(), timeseries: timeseries.clone() };
+            runtime.block_on(self::client::run(cfg, connect, opts))?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Experiment { out, quick, max_clients, step, every, policies, no_link }) => {
             if let Some(bad) = policies.iter().flatten().find(|p| crate::dispatch::policy::mode(p).is_none()) {
                 return Err(anyhow!("unknown policy {bad:?}; known: {}", crate::dispatch::policy::NAMES.join(", ")));
             }
-            let opts = crate::experiment::ExperimentOptions {
+            let opts = self::experiment::ExperimentOptions {
                 out: out.clone(),
                 quick: *quick,
                 max_clients: *max_clients,
@@ -390,20 +396,20 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 policies: policies.clone(),
                 no_link: *no_link,
             };
-            let report = crate::experiment::run(&runtime, cli.config()?, &opts)?;
+            let report = self::experiment::run(&runtime, cli.config()?, &opts)?;
             println!("experiment: report written to {}", report.display());
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Bench { what: BenchCommand::Overhead { resolutions, iters, secs, json } }) => {
-            let report = crate::bench::overhead::run(&runtime, &cli.config()?, resolutions, (*iters).max(1), *secs)?;
-            print!("{}", crate::bench::overhead::table(&report));
+            let report = self::bench::overhead::run(&runtime, &cli.config()?, resolutions, (*iters).max(1), *secs)?;
+            print!("{}", self::bench::overhead::table(&report));
             if let Some(p) = json {
                 crate::telemetry::summary::write_json(p, &report)?;
             }
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Bench { what: BenchCommand::Decision { iters } }) => {
-            let (p50, mean) = crate::bench::overhead::decision(cli.config()?, (*iters).max(1))?;
+            let (p50, mean) = self::bench::overhead::decision(cli.config()?, (*iters).max(1))?;
             println!("deadline decision (hull + choice, 16-rung ladder): p50 {p50:.3} µs, mean {mean:.3} µs per call");
             Ok(ExitCode::SUCCESS)
         }
@@ -420,8 +426,8 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Bench { what: BenchCommand::Console { secs, clients, load, json } }) => {
-            let opts = crate::ui::bench::BenchOptions { secs: *secs, clients: *clients, load: *load, width: 120, height: 40 };
-            let report = crate::ui::bench::run(&runtime, cli.config()?, opts)?;
+            let opts = self::bench::console::BenchOptions { secs: *secs, clients: *clients, load: *load, width: 120, height: 40 };
+            let report = self::bench::console::run(&runtime, cli.config()?, opts)?;
             println!("{report}");
             if let Some(p) = json {
                 crate::telemetry::summary::write_json(p, &report)?;
@@ -439,12 +445,12 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
         }
         None => {
             let cfg = cli.config()?;
-            let opts = crate::headless::HeadlessOptions {
+            let opts = self::headless::HeadlessOptions {
                 duration: cli.duration()?,
                 summary: cli.run.summary.clone(),
                 timeseries: cli.run.timeseries.clone(),
             };
-            runtime.block_on(crate::headless::run(cfg, opts))?;
+            runtime.block_on(self::headless::run(cfg, opts))?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::bench::{self, BenchReport};
+use crate::cmd::bench::{self, BenchReport};
 use crate::config::Config;
 use crate::fleet::stats::FleetRow;
-use crate::headless::{self, HeadlessOptions, Report};
+use crate::cmd::headless::{self, HeadlessOptions, Report};
 use crate::service::Service;
 use optimum::{optimum, optimum_within, Point};
 use plot::Panel;

@@ -4,6 +4,8 @@
 
 use std::time::Instant;
 
+pub mod console;
+pub mod fleet;
 pub mod overhead;
 
 use anyhow::Result;
