@@ -37,7 +37,7 @@ const ESPRESSO: usize = 967;
 const SKIMAGE: Wheel<'static> = Wheel { package: "scikit-image", version: "0.25.2" };
 
 fn data_dir() -> PathBuf {
-    edgeinfer::config::data_dir()
+    edgeinfer::dirs::data_dir()
 }
 
 /// A fetch from PyPI: its value, or `None` after printing why the test is skipped. Under CI

@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use edgeinfer::config::BackendChoice;
+use edgeinfer::dispatch::policy::PolicyName;
 use edgeinfer::cmd::headless::{self, HeadlessOptions};
 use edgeinfer::service::Service;
 
@@ -19,7 +20,7 @@ async fn ramp_on_the_compute_bottleneck_lowers_accuracy_and_keeps_the_slo() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = common::config(dir.path(), BackendChoice::Auto);
     // The paper's loop (the last queue always accepts): this test reads its per-queue estimates.
-    cfg.dispatch.policy = "paper".into();
+    cfg.dispatch.policy = PolicyName::Paper;
     cfg.headless.status_interval_ms = 250;
     // A steadier seed for the moving averages, from which T is set below.
     cfg.dispatch.warmup_runs = 20;

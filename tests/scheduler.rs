@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use edgeinfer::config::{BackendChoice, Config};
+use edgeinfer::dispatch::policy::PolicyName;
 use edgeinfer::engine::worker::Infer;
 use edgeinfer::engine::{backend, Engine};
 use edgeinfer::cmd::experiment::optimum::{optimum, Point};
@@ -47,14 +48,14 @@ fn engine(runs: &Arc<AtomicUsize>, max_waiting: usize) -> Engine {
     cfg.engine.backend = BackendChoice::Tract; // no model files are loaded; any backend will do
     cfg.dispatch.latency_bound_ms = T_MS;
     cfg.server.max_waiting = max_waiting;
-    assert_eq!(cfg.dispatch.policy, "deadline", "the default policy is under test");
+    assert_eq!(cfg.dispatch.policy, PolicyName::Deadline, "the default policy is under test");
     let backend = backend::init(&cfg.engine).unwrap();
     let specs = LADDER.iter().enumerate().map(|(i, (_, a))| spec(&format!("m{i}"), *a)).collect();
     let sets = (0..WORKERS)
         .map(|_| LADDER.iter().map(|(ms, _)| Box::new(Sleeper { cost: Duration::from_secs_f64(ms / 1e3), runs: runs.clone() }) as Box<dyn Infer>).collect())
         .collect();
     let warmup = LADDER.iter().map(|(ms, _)| ms * 1000.0).collect();
-    Engine::from_model_sets(&cfg, backend, specs, sets, warmup).unwrap()
+    Engine::from_model_sets(&cfg.engine_settings(), backend, specs, sets, warmup).unwrap()
 }
 
 struct Load {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use edgeinfer::client::Client;
 use edgeinfer::config::BackendChoice;
+use edgeinfer::dispatch::policy::PolicyName;
 use edgeinfer::protocol::{Request, Response, Status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -159,7 +160,7 @@ async fn paper_spreads_concurrent_clients_down_the_ladder_under_a_tight_bound() 
     let dir = tempfile::tempdir().unwrap();
     // The paper's rule: the last queue always accepts, so even an infeasible bound answers all.
     let mut cfg = common::config(dir.path(), BackendChoice::Auto);
-    cfg.dispatch.policy = "paper".into();
+    cfg.dispatch.policy = PolicyName::Paper;
     let svc = edgeinfer::service::Service::start(cfg).await.unwrap();
     // A bound below the most accurate model's own cost pushes requests down the ladder.
     let ewma0 = svc.engine.dispatcher.snapshot()[0].ewma_us / 1000.0;
@@ -194,7 +195,7 @@ async fn graceful_stop_answers_what_was_read() {
 async fn deadline_policy_serves_from_the_shared_executor_and_moves_down_under_load() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = common::config(dir.path(), BackendChoice::Auto);
-    cfg.dispatch.policy = "deadline".into();
+    cfg.dispatch.policy = PolicyName::Deadline;
     cfg.engine.pool_workers = 2;
     let svc = edgeinfer::service::Service::start(cfg).await.unwrap();
     assert!(svc.engine.is_shared());

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 pub mod bench;
 pub mod client;
+pub mod console;
 pub mod experiment;
 pub mod headless;
 pub mod infer;
@@ -13,6 +14,7 @@ use anyhow::{anyhow, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{BackendChoice, Config};
+use crate::dispatch::policy::PolicyName;
 
 #[derive(Debug, Parser)]
 #[command(name = "edgeinfer", version, about = "Adaptive inference server for the network edge", long_about = None)]
@@ -47,8 +49,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "MS")]
     pub latency_bound_ms: Option<f64>,
     /// Dispatch policy: deadline (default), paper, static-best, static-cheapest.
-    #[arg(long, value_name = "NAME")]
-    pub policy: Option<String>,
+    #[arg(long, value_name = "NAME", value_parser = parse_policy)]
+    pub policy: Option<PolicyName>,
     /// Stop after this many seconds.
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
@@ -152,8 +154,8 @@ pub enum Command {
         #[arg(long, value_name = "SECS")]
         every: Option<f64>,
         /// Policies to compare, comma-separated (default: all).
-        #[arg(long, value_name = "LIST", value_delimiter = ',')]
-        policies: Option<Vec<String>>,
+        #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_policy)]
+        policies: Option<Vec<PolicyName>>,
         /// Skip the second scenario (emulated uplink, adapting clients).
         #[arg(long)]
         no_link: bool,
@@ -277,6 +279,11 @@ pub enum BenchCommand {
     },
 }
 
+/// A policy name, refused with the known ones (`PolicyName`'s own message).
+fn parse_policy(s: &str) -> Result<PolicyName, String> {
+    s.parse()
+}
+
 fn parse_backend(s: &str) -> Result<BackendChoice, String> {
     match s {
         "auto" => Ok(BackendChoice::Auto),
@@ -303,8 +310,8 @@ impl Cli {
         if let Some(t) = r.latency_bound_ms {
             c.dispatch.latency_bound_ms = t;
         }
-        if let Some(p) = &r.policy {
-            c.dispatch.policy = p.clone();
+        if let Some(p) = r.policy {
+            c.dispatch.policy = p;
         }
         let fleet = match &self.command {
             Some(Command::Client { fleet, latency_bound_ms, .. }) => {
@@ -384,16 +391,13 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Experiment { out, quick, max_clients, step, every, policies, no_link }) => {
-            if let Some(bad) = policies.iter().flatten().find(|p| crate::dispatch::policy::mode(p).is_none()) {
-                return Err(anyhow!("unknown policy {bad:?}; known: {}", crate::dispatch::policy::NAMES.join(", ")));
-            }
             let opts = self::experiment::ExperimentOptions {
                 out: out.clone(),
                 quick: *quick,
                 max_clients: *max_clients,
                 step: *step,
                 every_s: *every,
-                policies: policies.clone(),
+                policies: policies.as_ref().map(|ps| ps.iter().map(|p| p.to_string()).collect()),
                 no_link: *no_link,
             };
             let report = self::experiment::run(&runtime, cli.config()?, &opts)?;
@@ -415,14 +419,14 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
         }
         Some(Command::Models { what: ModelsCommand::Fetch { family: Family::EfficientnetLite, out } }) => {
             let out = out.clone().unwrap_or_else(|| PathBuf::from("models/efficientnet-lite"));
-            let report = crate::models::fetch::efficientnet_lite(&out, &crate::config::data_dir())?;
+            let report = crate::models::fetch::efficientnet_lite(&out, &crate::dirs::data_dir())?;
             print!("{}", fetch_report(&report));
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Paths) => {
             let show = |p: Option<PathBuf>| p.map(|p| p.display().to_string()).unwrap_or_else(|| "(none)".into());
-            println!("user config: {}", show(crate::config::user_config_path()));
-            println!("data:        {}", crate::config::data_dir().display());
+            println!("user config: {}", show(crate::dirs::user_config_path()));
+            println!("data:        {}", crate::dirs::data_dir().display());
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Bench { what: BenchCommand::Console { secs, clients, load, json } }) => {
@@ -439,8 +443,14 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
             if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
                 anyhow::bail!("the console needs a terminal; use --headless for scripted runs");
             }
-            let opts = crate::ui::ConsoleOptions { duration: cli.duration()?, theme: cli.run.theme.clone(), log_path };
-            crate::ui::run(&runtime, cli.config()?, opts)?;
+            let opts = self::console::ConsoleOptions {
+                duration: cli.duration()?,
+                theme: cli.run.theme.clone(),
+                log_path,
+                summary: cli.run.summary.clone(),
+                timeseries: cli.run.timeseries.clone(),
+            };
+            self::console::run(&runtime, cli.config()?, opts)?;
             Ok(ExitCode::SUCCESS)
         }
         None => {

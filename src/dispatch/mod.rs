@@ -4,6 +4,7 @@
 //! Admission (how many requests may be in the system) is not here: it is counted at the front
 //! door, `engine::intake`, where every accepted request is seen before any work is done on it.
 
+pub mod config;
 pub mod deadline;
 pub mod policy;
 

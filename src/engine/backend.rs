@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::config::{BackendChoice, EngineConfig};
+use super::config::{BackendChoice, EngineConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -189,12 +189,12 @@ fn onnxruntime_wheel(version: &str) -> crate::pypi::Wheel<'_> {
 }
 
 pub fn fetched_dir(version: &str) -> PathBuf {
-    onnxruntime_wheel(version).cache_dir(&crate::config::data_dir())
+    onnxruntime_wheel(version).cache_dir(&crate::dirs::data_dir())
 }
 
 /// Fetches the pinned `onnxruntime` wheel from PyPI with pip and keeps just its shared library.
 fn fetch_wheel(version: &str) -> Result<PathBuf> {
-    let mut files = crate::pypi::fetch(onnxruntime_wheel(version), &["onnxruntime/capi/libonnxruntime.so*"], &crate::config::data_dir())?;
+    let mut files = crate::pypi::fetch(onnxruntime_wheel(version), &["onnxruntime/capi/libonnxruntime.so*"], &crate::dirs::data_dir())?;
     Ok(files.remove(0))
 }
 

@@ -6,6 +6,7 @@
 //! The fleet is driven through [`FleetControl`] (console keys, headless flags, tests alike).
 
 pub mod client;
+pub mod config;
 pub mod controller;
 pub mod images;
 pub mod link;
@@ -22,14 +23,16 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::FleetConfig;
+use config::FleetConfig;
 use crate::control::{FleetControl, FleetSnapshot, RampView};
 use crate::telemetry::Telemetry;
 use client::ClientState;
 use controller::ControllerParams;
 use images::ImageSet;
 use link::{Link, LinkParams};
-use stats::{ClientsSummary, Counts, FleetRow, PerResolution, Stats};
+use crate::telemetry::summary::{ClientsSummary, Counts, PerResolution};
+use crate::telemetry::Row;
+use stats::Stats;
 
 /// What every client of the fleet shares (one copy, behind an `Arc`).
 pub(crate) struct Shared {
@@ -164,11 +167,11 @@ impl Fleet {
     }
 
     /// Closes the current interval of the fleet's time series.
-    pub fn tick(&self) -> FleetRow {
+    pub fn tick(&self) -> Row {
         self.inner.shared.stats.tick(self.count(), self.per_resolution())
     }
 
-    pub fn rows(&self) -> Vec<FleetRow> {
+    pub fn rows(&self) -> Vec<Row> {
         self.inner.shared.stats.rows()
     }
 
@@ -319,6 +322,10 @@ impl FleetControl for Fleet {
             paused: *self.inner.paused.borrow(),
             latency_ms: self.inner.shared.stats.latency(),
         }
+    }
+
+    fn count(&self) -> usize {
+        Fleet::count(self)
     }
 
     fn thresholds_ms(&self) -> (f64, f64) {

@@ -9,6 +9,7 @@
 //! values are random, so predictions are meaningless.
 
 use super::onnx::{Attr, Graph, Model};
+use crate::rng::SplitMix64;
 
 /// Base channel count of the stem convolution, before the width multiplier.
 const STEM_CHANNELS: usize = 32;
@@ -323,40 +324,6 @@ fn centered_filters(rng: &mut SplitMix64, filters: usize, fan_in: usize, gain: f
         }
     }
     weights
-}
-
-/// SplitMix64 (Steele et al. 2014): tiny, fast, and fully specified by integer
-/// arithmetic, so the weights are bit-identical on every platform.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
-
-    /// An independent stream per layer, so changing one layer's shape (e.g.
-    /// the class count) leaves every other layer's weights unchanged.
-    fn for_stream(seed: u64, stream: u64) -> Self {
-        SplitMix64(seed ^ Self::mix(stream.wrapping_add(1).wrapping_mul(Self::GAMMA)))
-    }
-
-    fn mix(mut z: u64) -> u64 {
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(Self::GAMMA);
-        Self::mix(self.0)
-    }
-
-    /// Uniform in `[-bound, bound)`. Uniform rather than Gaussian because a
-    /// Box–Muller transform needs `ln`/`cos`, whose last bit differs between
-    /// libms; here every step is exact or a correctly rounded IEEE operation.
-    fn uniform(&mut self, bound: f32) -> f32 {
-        // The top 24 bits fill an f32 mantissa exactly.
-        let unit = (self.next_u64() >> 40) as f32 / (1u32 << 24) as f32;
-        (2.0 * unit - 1.0) * bound
-    }
 }
 
 #[cfg(test)]

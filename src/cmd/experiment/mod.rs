@@ -13,9 +13,9 @@ use anyhow::{Context, Result};
 
 use crate::cmd::bench::{self, BenchReport};
 use crate::config::Config;
-use crate::fleet::stats::FleetRow;
-use crate::cmd::headless::{self, HeadlessOptions, Report};
-use crate::service::Service;
+use crate::telemetry::Row as FleetRow;
+use crate::cmd::headless::{self, HeadlessOptions};
+use crate::service::{Report, Service};
 use optimum::{optimum, optimum_within, Point};
 use plot::Panel;
 
@@ -266,7 +266,7 @@ fn link_ramp(quick: bool) -> Ramp {
 
 fn ramp_config(base: &Config, policy: &str, ramp: Ramp) -> Config {
     let mut c = base.clone();
-    c.dispatch.policy = policy.into();
+    c.dispatch.policy = policy.parse().expect("policy names are checked on the command line");
     c.server.listen = "127.0.0.1:0".parse().expect("literal address");
     c.headless.status_interval_ms = 1000;
     // The paper's evaluation: closed-loop clients added steadily, the compute as the bottleneck.
@@ -478,6 +478,7 @@ mod tests {
             errors: 0,
             overloaded: 0,
             slo_attainment: Some(slo),
+            per_resolution: vec![],
         }
     }
 

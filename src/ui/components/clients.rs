@@ -6,7 +6,8 @@ use ratatui::style::Style;
 use ratatui::widgets::{Bar, BarChart, BarGroup, Cell, Paragraph, Row, Table, Wrap};
 use ratatui::Frame;
 
-use super::{opt, panel, View};
+use super::{panel, View};
+use crate::telemetry::fmt_opt as opt;
 use crate::control::FleetSnapshot;
 use crate::ui::state::UiState;
 
