@@ -369,7 +369,7 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
         }
         Some(Command::Bench { what: BenchCommand::Connections { count, hold } }) => {
             let hold = Duration::try_from_secs_f64(*hold).map_err(|_| anyhow!("--hold must be non-negative seconds"))?;
-            let report = runtime.block_on(self::bench::run_connections(cli.config.as_deref(), *count, hold))?;
+            let report = runtime.block_on(self::bench::connections::run(cli.config.as_deref(), *count, hold))?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(ExitCode::SUCCESS)
         }
