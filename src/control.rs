@@ -52,6 +52,10 @@ pub trait FleetControl: Send + Sync {
     fn toggle_ramp(&self) -> bool;
     fn set_paused(&self, paused: bool);
     fn snapshot(&self) -> FleetSnapshot;
+    /// Clients running now.
+    fn count(&self) -> usize {
+        self.snapshot().clients.len()
+    }
     /// The client thresholds (TC_lower, TC_upper) in ms, which must stay above T.
     fn thresholds_ms(&self) -> (f64, f64);
 }
@@ -83,7 +87,7 @@ impl Control {
     /// would break the paper's condition TC_upper > TC_lower > T for a running fleet.
     pub fn set_bound_ms(&self, ms: f64) -> Result<(), String> {
         let refuse = |why: String| {
-            self.telemetry.event(format!("T change to {ms:.1} ms refused: {why}"));
+            self.telemetry.problem(format!("T change to {ms:.1} ms refused: {why}"));
             Err(why)
         };
         if !(ms.is_finite() && ms > 0.0) {

@@ -23,9 +23,7 @@ pub fn init_stderr() {
 /// Where the console's log goes: `edgeinfer.log` in the platform state folder (Linux:
 /// `$XDG_STATE_HOME/edgeinfer`, else `~/.local/state/edgeinfer`), or the data folder elsewhere.
 pub fn log_file_path() -> PathBuf {
-    let dir = crate::config::project_dirs()
-        .and_then(|d| d.state_dir().map(|p| p.to_path_buf()))
-        .unwrap_or_else(crate::config::data_dir);
+    let dir = crate::dirs::project_dirs().and_then(|d| d.state_dir().map(|p| p.to_path_buf())).unwrap_or_else(crate::dirs::data_dir);
     dir.join("edgeinfer.log")
 }
 

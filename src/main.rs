@@ -1,8 +1,8 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let cli = edgeinfer::cli::Cli::parse();
-    match edgeinfer::cli::run(cli) {
+    let cli = edgeinfer::cmd::Cli::parse();
+    match edgeinfer::cmd::run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("edgeinfer: error: {e:#}");

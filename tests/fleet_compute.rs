@@ -6,8 +6,9 @@ mod common;
 
 use std::time::Duration;
 
+use edgeinfer::cmd::headless::{self, HeadlessOptions};
 use edgeinfer::config::BackendChoice;
-use edgeinfer::headless::{self, HeadlessOptions};
+use edgeinfer::dispatch::policy::PolicyName;
 use edgeinfer::service::Service;
 
 fn mean(v: &[f64]) -> f64 {
@@ -19,7 +20,7 @@ async fn ramp_on_the_compute_bottleneck_lowers_accuracy_and_keeps_the_slo() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = common::config(dir.path(), BackendChoice::Auto);
     // The paper's loop (the last queue always accepts): this test reads its per-queue estimates.
-    cfg.dispatch.policy = "paper".into();
+    cfg.dispatch.policy = PolicyName::Paper;
     cfg.headless.status_interval_ms = 250;
     // A steadier seed for the moving averages, from which T is set below.
     cfg.dispatch.warmup_runs = 20;
@@ -50,7 +51,8 @@ async fn ramp_on_the_compute_bottleneck_lowers_accuracy_and_keeps_the_slo() {
     eprintln!("ewma0 {ewma0:.3} ms, idle p50 {} us, T {bound:.3} ms", idle[10]);
     let summary_path = dir.path().join("summary.json");
     let ts_path = dir.path().join("ts.csv");
-    let opts = HeadlessOptions { duration: Some(Duration::from_secs(4)), summary: Some(summary_path.clone()), timeseries: Some(ts_path.clone()) };
+    let opts =
+        HeadlessOptions { duration: Some(Duration::from_secs(4)), summary: Some(summary_path.clone()), timeseries: Some(ts_path.clone()) };
     let report = headless::drive(svc, opts).await.unwrap();
 
     // Rows while the fleet ran (the last row is the drain after stopping).

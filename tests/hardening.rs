@@ -49,7 +49,7 @@ async fn start(cfg: Config, first: StandIn) -> Service {
     let backend = backend::init(&cfg.engine).unwrap();
     let second = StandIn { sleep: Duration::from_millis(1), calls: 0, panic_every: 0, error_every: 0 };
     let engine = Engine::from_models(
-        &cfg,
+        &cfg.engine_settings(),
         backend,
         vec![spec("first", 70.0), spec("second", 50.0)],
         vec![Box::new(first), Box::new(second)],

@@ -34,7 +34,10 @@ async fn http(addr: std::net::SocketAddr, method: &str, path: &str, headers: &[(
     for (k, v) in headers {
         req = req.header(*k, v);
     }
-    let resp = tokio::time::timeout(Duration::from_secs(20), send.send_request(req.body(Full::new(Bytes::from(body))).unwrap())).await.expect("answered in time").unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(20), send.send_request(req.body(Full::new(Bytes::from(body))).unwrap()))
+        .await
+        .expect("answered in time")
+        .unwrap();
     let (parts, body) = resp.into_parts();
     (parts.status.as_u16(), parts.headers, body.collect().await.unwrap().to_bytes())
 }
@@ -54,7 +57,9 @@ async fn infer_binary(addr: std::net::SocketAddr, model: &str, head: &Value, bin
     let head = head.to_string();
     let mut body = head.clone().into_bytes();
     body.extend_from_slice(binary);
-    let (status, headers, b) = http(addr, "POST", &format!("/v2/models/{model}/infer"), &[bearer(), ("inference-header-content-length", head.len().to_string())], body).await;
+    let (status, headers, b) =
+        http(addr, "POST", &format!("/v2/models/{model}/infer"), &[bearer(), ("inference-header-content-length", head.len().to_string())], body)
+            .await;
     let json_len = headers.get("inference-header-content-length").map_or(b.len(), |v| v.to_str().unwrap().parse().unwrap());
     (status, serde_json::from_slice(&b[..json_len]).unwrap(), b.slice(json_len..))
 }
@@ -137,12 +142,17 @@ async fn http_classifies_through_the_ladder_and_a_rung_and_refuses_bad_input_cle
     assert_eq!(status, 200, "{resp}");
     let out = &resp["outputs"][0];
     assert_eq!((out["datatype"].as_str(), out["shape"].clone()), (Some("BYTES"), json!([1, 3])));
-    let scores: Vec<f32> = out["data"].as_array().unwrap().iter().map(|s| {
-        let parts: Vec<&str> = s.as_str().unwrap().split(':').collect();
-        assert_eq!(parts.len(), 3, "{s}");
-        assert!(parts[1].parse::<usize>().unwrap() < classes);
-        parts[0].parse().unwrap()
-    }).collect();
+    let scores: Vec<f32> = out["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let parts: Vec<&str> = s.as_str().unwrap().split(':').collect();
+            assert_eq!(parts.len(), 3, "{s}");
+            assert!(parts[1].parse::<usize>().unwrap() < classes);
+            parts[0].parse().unwrap()
+        })
+        .collect();
     assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
 
     // One rung by name, with an FP32 tensor in its own shape (JSON data) and with an image.
@@ -168,14 +178,29 @@ async fn http_classifies_through_the_ladder_and_a_rung_and_refuses_bad_input_cle
         ("edgeinfer", json!({"inputs": [{"name": "image", "shape": [1], "datatype": "FP32", "data": [1.0]}]}), 400, "must be BYTES"),
         ("edgeinfer", json!({"inputs": [{"name": "image", "shape": [1, 1], "datatype": "BYTES", "data": [b64(&png)]}]}), 400, "takes [N]"),
         ("edgeinfer", json!({"inputs": [{"name": "image", "shape": [2], "datatype": "BYTES", "data": [b64(&png)]}]}), 400, "1 element(s)"),
-        ("edgeinfer", json!({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64(b"not an image at all")]}]}), 400, "JPEG or PNG"),
+        (
+            "edgeinfer",
+            json!({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64(b"not an image at all")]}]}),
+            400,
+            "JPEG or PNG",
+        ),
         ("edgeinfer", json!({"inputs": [{"name": "picture", "shape": [1], "datatype": "BYTES", "data": [b64(&png)]}]}), 400, "missing input"),
         ("edgeinfer", json!({"inputs": []}), 400, "missing input"),
         ("tiny_32", json!({"inputs": [{"name": "input", "shape": [1, 3, 30, 30], "datatype": "FP32", "data": [0.0]}]}), 400, "[-1, 3, 32, 32]"),
         ("tiny_32", json!({"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "INT8", "data": [0]}]}), 400, "must be FP32"),
         ("nonesuch", json!({"inputs": []}), 404, "unknown model 'nonesuch'"),
-        ("edgeinfer", json!({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64(&png)]}], "outputs": [{"name": "logits"}]}), 400, "unknown output"),
-        ("edgeinfer", json!({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64(&png)]}], "parameters": {"timeout": "soon"}}), 400, "timeout"),
+        (
+            "edgeinfer",
+            json!({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64(&png)]}], "outputs": [{"name": "logits"}]}),
+            400,
+            "unknown output",
+        ),
+        (
+            "edgeinfer",
+            json!({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64(&png)]}], "parameters": {"timeout": "soon"}}),
+            400,
+            "timeout",
+        ),
     ];
     for (model, body, want, needle) in cases {
         let (status, resp) = infer_json(addr, model, &body).await;
@@ -191,14 +216,16 @@ async fn http_classifies_through_the_ladder_and_a_rung_and_refuses_bad_input_cle
     let (status, resp, _) = infer_binary(addr, "edgeinfer", &json!({"inputs": [input.clone()]}), &raw[..raw.len() / 2]).await;
     assert_eq!(status, 400);
     assert!(resp["error"].as_str().unwrap().contains("binary section truncated"), "{resp}");
-    let (status, _, b) = http(addr, "POST", "/v2/models/edgeinfer/infer", &[bearer(), ("inference-header-content-length", "999".into())], b"{}".to_vec()).await;
+    let (status, _, b) =
+        http(addr, "POST", "/v2/models/edgeinfer/infer", &[bearer(), ("inference-header-content-length", "999".into())], b"{}".to_vec()).await;
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&b));
     // Over the body cap: refused from Content-Length, before the body is buffered.
     let (status, _, b) = http(addr, "POST", "/v2/models/edgeinfer/infer", &[bearer()], vec![b' '; 300 * 1024]).await;
     assert_eq!(status, 413, "{}", String::from_utf8_lossy(&b));
     assert!(String::from_utf8_lossy(&b).contains("server.max_frame_bytes"));
     // The token: missing or wrong is 401 everywhere but the health probes.
-    let (status, h, b) = http(addr, "POST", "/v2/models/edgeinfer/infer", &[("authorization", "Bearer nope".into())], body.to_string().into_bytes()).await;
+    let (status, h, b) =
+        http(addr, "POST", "/v2/models/edgeinfer/infer", &[("authorization", "Bearer nope".into())], body.to_string().into_bytes()).await;
     assert_eq!((status, h.get("www-authenticate").map(|v| v.to_str().unwrap())), (401, Some("Bearer")), "{}", String::from_utf8_lossy(&b));
     assert_eq!(http(addr, "GET", "/v2/models/edgeinfer", &[], vec![]).await.0, 401);
     assert_eq!(http(addr, "GET", "/metrics", &[], vec![]).await.0, 401);
@@ -238,7 +265,10 @@ async fn http_classifies_through_the_ladder_and_a_rung_and_refuses_bad_input_cle
     ] {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }
-    assert!(text.contains("edgeinfer_model_inference_seconds{model=\"tiny_32\"}") && text.contains("edgeinfer_request_duration_seconds_bucket"), "{text}");
+    assert!(
+        text.contains("edgeinfer_model_inference_seconds{model=\"tiny_32\"}") && text.contains("edgeinfer_request_duration_seconds_bucket"),
+        "{text}"
+    );
     svc.stop().await;
 }
 
@@ -251,14 +281,18 @@ async fn grpc_classifies_and_refuses_bad_input_clearly() {
 
     assert!(c.server_live(proto::ServerLiveRequest {}).await.unwrap().into_inner().live);
     assert!(c.server_ready(proto::ServerReadyRequest {}).await.unwrap().into_inner().ready);
-    let meta = c.model_metadata(authed(proto::ModelMetadataRequest { name: "edgeinfer".into(), version: String::new() })).await.unwrap().into_inner();
+    let meta =
+        c.model_metadata(authed(proto::ModelMetadataRequest { name: "edgeinfer".into(), version: String::new() })).await.unwrap().into_inner();
     assert_eq!((meta.inputs[0].name.as_str(), meta.inputs[0].datatype.as_str(), meta.inputs[0].shape.clone()), ("image", "BYTES", vec![-1]));
     let server = c.server_metadata(authed(proto::ServerMetadataRequest {})).await.unwrap().into_inner();
     assert!(server.extensions.iter().any(|e| e == "classification"));
 
     // Raw contents in and out; classification through the output's parameter.
-    let mut req = grpc_image_request("edgeinfer", "BYTES", vec![1], bytes_to_raw(&[jpeg.clone()]));
-    req.outputs = vec![proto::model_infer_request::InferRequestedOutputTensor { name: "probabilities".into(), parameters: [("classification".to_string(), int_param(2))].into() }];
+    let mut req = grpc_image_request("edgeinfer", "BYTES", vec![1], bytes_to_raw(std::slice::from_ref(&jpeg)));
+    req.outputs = vec![proto::model_infer_request::InferRequestedOutputTensor {
+        name: "probabilities".into(),
+        parameters: [("classification".to_string(), int_param(2))].into(),
+    }];
     let r = c.model_infer(authed(req)).await.unwrap().into_inner();
     assert_eq!(string_param(&r, "model"), "tiny_96");
     assert_eq!((r.outputs[0].datatype.as_str(), r.outputs[0].shape.clone()), ("BYTES", vec![1, 2]));
@@ -278,7 +312,7 @@ async fn grpc_classifies_and_refuses_bad_input_clearly() {
     assert_eq!(string_param(&r, "model"), "tiny_64");
 
     // Bad input: each the status that fits, with a clear message.
-    let good = bytes_to_raw(&[jpeg.clone()]);
+    let good = bytes_to_raw(std::slice::from_ref(&jpeg));
     let mut truncated = good.clone();
     truncated.truncate(good.len() - 10);
     let cases: Vec<(ModelInferRequest, Code, &str)> = vec![
@@ -323,7 +357,7 @@ async fn a_requests_own_timeout_changes_which_rung_serves_it() {
     };
     let mut c = grpc_client(&svc).await;
     let grpc = |timeout: Option<i64>| {
-        let mut r = grpc_image_request("edgeinfer", "BYTES", vec![1], bytes_to_raw(&[png.clone()]));
+        let mut r = grpc_image_request("edgeinfer", "BYTES", vec![1], bytes_to_raw(std::slice::from_ref(&png)));
         if let Some(t) = timeout {
             r.parameters.insert("timeout".into(), int_param(t));
         }

@@ -27,7 +27,8 @@ fn require(what: &str, missing: Option<String>) -> bool {
 }
 
 fn venv_python() -> PathBuf {
-    let venv = std::env::var_os("EDGEINFER_CI_VENV").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ci-venv"));
+    let venv =
+        std::env::var_os("EDGEINFER_CI_VENV").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ci-venv"));
     venv.join("bin/python")
 }
 
@@ -219,12 +220,23 @@ async fn curl_reads_health_and_metadata_and_promtool_accepts_the_metrics() {
     // An inference with curl and a JSON body, then the metrics through promtool.
     let png = common::png(32, 32);
     let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &png);
-    let body = format!(r#"{{"inputs":[{{"name":"image","shape":[1],"datatype":"BYTES","data":["{b64}"]}}],"outputs":[{{"name":"probabilities","parameters":{{"classification":2}}}}]}}"#);
-    let (ok, out) = curl(vec!["-f".into(), "-H".into(), "Content-Type: application/json".into(), "-d".into(), body, format!("{base}/v2/models/edgeinfer/infer")]).await;
+    let body = format!(
+        r#"{{"inputs":[{{"name":"image","shape":[1],"datatype":"BYTES","data":["{b64}"]}}],"outputs":[{{"name":"probabilities","parameters":{{"classification":2}}}}]}}"#
+    );
+    let (ok, out) = curl(vec![
+        "-f".into(),
+        "-H".into(),
+        "Content-Type: application/json".into(),
+        "-d".into(),
+        body,
+        format!("{base}/v2/models/edgeinfer/infer"),
+    ])
+    .await;
     assert!(ok && out.contains("\"datatype\":\"BYTES\""), "{out}");
     let (ok, metrics) = curl(vec!["-f".into(), format!("{base}/metrics")]).await;
     assert!(ok && metrics.contains("edgeinfer_requests_total{model=\"edgeinfer\",status=\"ok\"} 1"), "{metrics}");
-    let mut check = Command::new("promtool").args(["check", "metrics"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut check =
+        Command::new("promtool").args(["check", "metrics"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     std::io::Write::write_all(&mut check.stdin.take().unwrap(), metrics.as_bytes()).unwrap();
     let out = check.wait_with_output().unwrap();
     assert!(out.status.success(), "promtool check metrics: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -265,7 +277,13 @@ async fn a_real_prometheus_scrapes_the_request_count_sent() {
     // The scrape configuration the README shows, pointed at this server.
     let port = free_port();
     let config = dir.path().join("prometheus.yml");
-    std::fs::write(&config, format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: edgeinfer\n    static_configs:\n      - targets: [\"{target}\"]\n")).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: edgeinfer\n    static_configs:\n      - targets: [\"{target}\"]\n"
+        ),
+    )
+    .unwrap();
     let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
     let _prometheus = Child(
         Command::new("prometheus")
@@ -277,7 +295,8 @@ async fn a_real_prometheus_scrapes_the_request_count_sent() {
             .spawn()
             .expect("prometheus starts"),
     );
-    let query = "http://127.0.0.1:{port}/api/v1/query?query=sum(edgeinfer_requests_total%7Bmodel%3D%22edgeinfer%22%7D)".replace("{port}", &port.to_string());
+    let query = "http://127.0.0.1:{port}/api/v1/query?query=sum(edgeinfer_requests_total%7Bmodel%3D%22edgeinfer%22%7D)"
+        .replace("{port}", &port.to_string());
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = String::new();
     loop {
@@ -292,7 +311,11 @@ async fn a_real_prometheus_scrapes_the_request_count_sent() {
             }
             last = out;
         }
-        assert!(Instant::now() < deadline, "Prometheus never returned {SENT}; last answer: {last}\nlog: {}", std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default());
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never returned {SENT}; last answer: {last}\nlog: {}",
+            std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     svc.stop().await;

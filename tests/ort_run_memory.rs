@@ -17,7 +17,7 @@ fn repeated_runs_do_not_grow_the_resident_set() {
     ladder.ensure_files(dir.path()).unwrap();
     let mut s = ModelSession::load(&ladder.models[2], 1).unwrap();
     let input = vec![0.1f32; s.input_len()];
-    let rss = || edgeinfer::bench::rss_kib(std::process::id()).unwrap();
+    let rss = || edgeinfer::cmd::bench::rss_kib(std::process::id()).unwrap();
     for _ in 0..5_000 {
         s.run(&input).unwrap();
     }
@@ -33,4 +33,3 @@ fn repeated_runs_do_not_grow_the_resident_set() {
     eprintln!("grew {grown_kib} kB over {RUNS} runs: {:.1} bytes per run", grown_kib as f64 * 1024.0 / RUNS as f64);
     assert!(grown_kib < 4_096, "{grown_kib} kB over {RUNS} runs");
 }
-

@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use edgeinfer::cmd::experiment::optimum::{optimum, Point};
 use edgeinfer::config::{BackendChoice, Config};
+use edgeinfer::dispatch::policy::PolicyName;
 use edgeinfer::engine::Engine;
-use edgeinfer::experiment::optimum::{optimum, Point};
 
 mod common;
 
@@ -27,7 +28,7 @@ fn engine(runs: &Arc<AtomicUsize>, max_waiting: usize) -> Engine {
     cfg.engine.backend = BackendChoice::Tract; // no model files are loaded; any backend will do
     cfg.dispatch.latency_bound_ms = T_MS;
     cfg.server.max_waiting = max_waiting;
-    assert_eq!(cfg.dispatch.policy, "deadline", "the default policy is under test");
+    assert_eq!(cfg.dispatch.policy, PolicyName::Deadline, "the default policy is under test");
     common::sleeper_engine(&cfg, &LADDER, WORKERS, runs)
 }
 
@@ -86,7 +87,12 @@ async fn deadline_holds_t_and_spends_spare_capacity_on_accuracy() {
     // Light load: 2 clients, one per worker: every request can have the best model.
     let light = closed_loop(&engine, 2, 1.5).await;
     assert!(light.requests > 20, "{}", light.requests);
-    assert!(light.top_model as f64 >= 0.95 * light.requests as f64, "light load must use the best model: {}/{}", light.top_model, light.requests);
+    assert!(
+        light.top_model as f64 >= 0.95 * light.requests as f64,
+        "light load must use the best model: {}/{}",
+        light.top_model,
+        light.requests
+    );
 
     // Heavy load: 32 clients. The best mix within T averages 2·100/32 = 6.25 ms per request:
     // between the 5 ms and 10 ms rungs, 52.5 % accuracy; the cheapest alone gives 40 %.
@@ -145,4 +151,39 @@ async fn admission_counts_every_request_in_the_system_exactly() {
     assert!(common::eventually(5, || engine.in_system() == 0).await);
     let engine = Arc::try_unwrap(engine).ok().expect("no thread holds the engine");
     tokio::task::spawn_blocking(move || engine.shutdown()).await.unwrap();
+}
+
+/// Several executor threads finish runs of one model at once and each folds its time into that
+/// model's moving average: no update may be lost. With every sample equal, the average after N
+/// updates is the same number whatever the interleaving — N steps of `ewma` from the seed — so a
+/// lost update shows as a different value.
+#[test]
+fn concurrent_completions_lose_no_moving_average_update() {
+    use edgeinfer::dispatch::{ewma, policy::Paper, Dispatcher};
+    const THREADS: usize = 4;
+    const EACH: usize = 20_000;
+    const W: f64 = 1e-5;
+    let (seed_us, sample_us) = (1_000.0, 1_000_000.0);
+    let d = Arc::new(Dispatcher::new(Box::new(Paper), 2, W, T_MS));
+    d.seed(0, seed_us);
+    d.seed(1, seed_us);
+    let start = Arc::new(std::sync::Barrier::new(THREADS));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let (d, start) = (d.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                for _ in 0..EACH {
+                    d.begin(0);
+                    d.complete(0, sample_us);
+                }
+            })
+        })
+        .collect();
+    handles.into_iter().for_each(|h| h.join().unwrap());
+    let expected = (0..THREADS * EACH).fold(seed_us, |e, _| ewma(e, sample_us, W));
+    let q = d.snapshot()[0];
+    assert_eq!(q.depth, 0, "every begin was completed");
+    assert_eq!(q.ewma_us, expected, "{} updates folded in; a lost one would leave a different average", THREADS * EACH);
+    assert!(q.ewma_us > 100_000.0 && q.ewma_us < 900_000.0, "the average is still moving ({}), so each update counts", q.ewma_us);
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use edgeinfer::client::Client;
 use edgeinfer::config::BackendChoice;
+use edgeinfer::dispatch::policy::PolicyName;
 use edgeinfer::protocol::{Request, Response, Status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -56,7 +57,10 @@ async fn serves_requests_and_survives_every_kind_of_bad_input() {
         (request_body(11, 7, &png), Status::BadRequest, "version 7"),
         (request_body(12, 1, b"definitely not an image"), Status::BadRequest, "JPEG or PNG"),
         (request_body(13, 1, b""), Status::BadRequest, "empty image"),
-        (request_body(14, 1, &huge_png_header()), Status::TooLarge, "pixels"),
+        (request_body(14, 1, &huge_png_header(100_000, 100_000)), Status::TooLarge, "pixels"),
+        // So large that the PNG decoder's own allocation limit would object first; the cap from
+        // the header answers instead, as promised (`too_large`, not `bad_request`).
+        (request_body(17, 1, &huge_png_header(2_147_483_647, 1)), Status::TooLarge, "2147483647x1"),
         (Bytes::from_static(&[1, 0, 0]), Status::BadRequest, "shorter"),
         (request_body(15, 1, &png[..png.len() / 2]), Status::BadRequest, "decode"),
         (request_body(16, 1, &png), Status::Ok, ""),
@@ -101,20 +105,20 @@ async fn serves_requests_and_survives_every_kind_of_bad_input() {
         let r = good.infer(common::png(50, 50).into(), 50).await.unwrap();
         assert_eq!(r.status, Status::Ok);
     }
-    // 14 answered: the request whose peer hung up mid-request was abandoned, not answered.
-    assert!(common::eventually(5, || svc.telemetry.totals().requests >= 14).await);
+    // 15 answered: the request whose peer hung up mid-request was abandoned, not answered.
+    assert!(common::eventually(5, || svc.telemetry.totals().requests >= 15).await);
     let totals = svc.telemetry.totals();
-    assert!(totals.errors >= 7, "errors counted: {:?}", totals.errors_by_status);
-    assert_eq!(totals.errors_by_status.get("too_large"), Some(&2));
+    assert!(totals.errors >= 8, "errors counted: {:?}", totals.errors_by_status);
+    assert_eq!(totals.errors_by_status.get("too_large"), Some(&3));
     assert_eq!(svc.engine.dispatcher.snapshot().iter().map(|q| q.depth).sum::<usize>(), 0);
     svc.stop().await;
 }
 
-/// A PNG whose header claims 100000 x 100000 pixels and which has no pixel data.
-fn huge_png_header() -> Vec<u8> {
+/// A PNG whose header claims `w` x `h` pixels and which has no more pixel data than 1 x 1.
+fn huge_png_header(w: u32, h: u32) -> Vec<u8> {
     let mut p = common::png(1, 1);
-    p[16..20].copy_from_slice(&100_000u32.to_be_bytes());
-    p[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+    p[16..20].copy_from_slice(&w.to_be_bytes());
+    p[20..24].copy_from_slice(&h.to_be_bytes());
     // Keep the IHDR chunk's CRC valid, so only the size can be objected to.
     let crc = crc32fast::hash(&p[12..29]);
     p[29..33].copy_from_slice(&crc.to_be_bytes());
@@ -159,7 +163,7 @@ async fn paper_spreads_concurrent_clients_down_the_ladder_under_a_tight_bound() 
     let dir = tempfile::tempdir().unwrap();
     // The paper's rule: the last queue always accepts, so even an infeasible bound answers all.
     let mut cfg = common::config(dir.path(), BackendChoice::Auto);
-    cfg.dispatch.policy = "paper".into();
+    cfg.dispatch.policy = PolicyName::Paper;
     let svc = edgeinfer::service::Service::start(cfg).await.unwrap();
     // A bound below the most accurate model's own cost pushes requests down the ladder.
     let ewma0 = svc.engine.dispatcher.snapshot()[0].ewma_us / 1000.0;
@@ -194,7 +198,7 @@ async fn graceful_stop_answers_what_was_read() {
 async fn deadline_policy_serves_from_the_shared_executor_and_moves_down_under_load() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = common::config(dir.path(), BackendChoice::Auto);
-    cfg.dispatch.policy = "deadline".into();
+    cfg.dispatch.policy = PolicyName::Deadline;
     cfg.engine.pool_workers = 2;
     let svc = edgeinfer::service::Service::start(cfg).await.unwrap();
     assert!(svc.engine.is_shared());

@@ -82,7 +82,10 @@ pub struct View<'a> {
 /// The policy's answer.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Decision {
-    Run { rung: usize, estimate_us: f64 },
+    Run {
+        rung: usize,
+        estimate_us: f64,
+    },
     /// Even the cheapest rung would finish after the deadline, and others wait: answer `overloaded` now.
     Shed,
 }
@@ -238,7 +241,7 @@ impl Tail {
     /// Records one answer — its latency and bound, and the α it was aimed with — and returns the
     /// new α when it is re-estimated (every `REESTIMATE_EVERY` answers).
     pub fn record(&mut self, now_us: u64, latency_us: f64, bound_us: f64, aimed: f64) -> Option<f64> {
-        if !(bound_us > 0.0) || !latency_us.is_finite() {
+        if bound_us.is_nan() || bound_us <= 0.0 || !latency_us.is_finite() {
             return None;
         }
         if self.answers.len() == WINDOW_CAP {

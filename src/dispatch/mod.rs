@@ -4,6 +4,7 @@
 //! Admission (how many requests may be in the system) is not here: it is counted at the front
 //! door, `engine::intake`, where every accepted request is seen before any work is done on it.
 
+pub mod config;
 pub mod deadline;
 pub mod policy;
 
@@ -251,9 +252,11 @@ mod tests {
         let handles: Vec<_> = (0..4)
             .map(|_| {
                 let x = x.clone();
-                std::thread::spawn(move || (0..20_000).for_each(|_| {
-                    x.update(|v| v + 1.0);
-                }))
+                std::thread::spawn(move || {
+                    (0..20_000).for_each(|_| {
+                        x.update(|v| v + 1.0);
+                    })
+                })
             })
             .collect();
         handles.into_iter().for_each(|h| h.join().unwrap());
@@ -269,9 +272,11 @@ mod tests {
         let handles: Vec<_> = (0..4)
             .map(|_| {
                 let d = d.clone();
-                std::thread::spawn(move || (0..1000).for_each(|_| {
-                    d.assign();
-                }))
+                std::thread::spawn(move || {
+                    (0..1000).for_each(|_| {
+                        d.assign();
+                    })
+                })
             })
             .collect();
         handles.into_iter().for_each(|h| h.join().unwrap());

@@ -2,6 +2,8 @@
 //!
 //! No clocks, threads or models here, so every decision can be unit-tested with fixed numbers.
 
+use serde::{Deserialize, Serialize};
+
 /// What a policy may know about one model queue (the server is otherwise oblivious to the model).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct QueueView {
@@ -83,15 +85,83 @@ impl Policy for StaticCheapest {
     }
 }
 
-/// The default policy: the shared executor binds the model late, when a worker takes the
-/// request, aiming at the optimum's model mix for the measured load (see `dispatch::deadline`).
-pub const DEADLINE: &str = "deadline";
-pub const PAPER: &str = "paper";
-pub const STATIC_BEST: &str = "static-best";
-pub const STATIC_CHEAPEST: &str = "static-cheapest";
+/// The dispatch policies: the one list of the names `--policy`, `--policies` and
+/// `dispatch.policy` take (each spelt in kebab case, e.g. `static-best`), the default first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", try_from = "String")]
+pub enum PolicyName {
+    /// The shared executor binds the model late, when a worker takes the request, aiming at the
+    /// optimum's model mix for the measured load (see `dispatch::deadline`).
+    #[default]
+    Deadline,
+    /// The paper's section 3, literally: per-model queues, [`Paper`].
+    Paper,
+    /// Baseline: always the most accurate model, on the shared executor.
+    StaticBest,
+    /// Baseline: always the cheapest model, on the shared executor.
+    StaticCheapest,
+}
 
-/// Policy names accepted by `--policy` and `dispatch.policy`; the default first.
-pub const NAMES: &[&str] = &[DEADLINE, PAPER, STATIC_BEST, STATIC_CHEAPEST];
+impl PolicyName {
+    pub const ALL: [PolicyName; 4] = [PolicyName::Deadline, PolicyName::Paper, PolicyName::StaticBest, PolicyName::StaticCheapest];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyName::Deadline => "deadline",
+            PolicyName::Paper => "paper",
+            PolicyName::StaticBest => "static-best",
+            PolicyName::StaticCheapest => "static-cheapest",
+        }
+    }
+
+    /// How the policy runs. The static baselines run on the same all-cores executor as the
+    /// default, so they are fair yardsticks; `paper` stays literal.
+    pub fn mode(self) -> Mode {
+        match self {
+            PolicyName::Paper => Mode::Queues,
+            PolicyName::Deadline => Mode::Shared(SharedChoice::Deadline),
+            PolicyName::StaticBest => Mode::Shared(SharedChoice::Best),
+            PolicyName::StaticCheapest => Mode::Shared(SharedChoice::Cheapest),
+        }
+    }
+
+    /// The per-queue policy object; `None` for [`PolicyName::Deadline`], which binds late on the
+    /// shared executor instead.
+    pub fn per_queue(self) -> Option<Box<dyn Policy>> {
+        match self {
+            PolicyName::Paper => Some(Box::new(Paper)),
+            PolicyName::StaticBest => Some(Box::new(StaticBest)),
+            PolicyName::StaticCheapest => Some(Box::new(StaticCheapest)),
+            PolicyName::Deadline => None,
+        }
+    }
+}
+
+impl std::fmt::Display for PolicyName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for PolicyName {
+    type Err = String;
+
+    /// Refuses an unknown name with the known ones, for the command line and the config file alike.
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s).ok_or_else(|| {
+            let known: Vec<&str> = Self::ALL.iter().map(|p| p.as_str()).collect();
+            format!("unknown policy {s:?}; known: {}", known.join(", "))
+        })
+    }
+}
+
+impl TryFrom<String> for PolicyName {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
 
 /// How a policy runs: on per-model queues (the paper's design) or on the shared executor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,28 +181,6 @@ pub enum SharedChoice {
     Best,
     /// Always the cheapest (last) model (baseline).
     Cheapest,
-}
-
-/// How the named policy runs; `None` for unknown names. The static baselines run on the same
-/// all-cores executor as the default, so they are fair yardsticks; `paper` stays literal.
-pub fn mode(name: &str) -> Option<Mode> {
-    match name {
-        PAPER => Some(Mode::Queues),
-        DEADLINE => Some(Mode::Shared(SharedChoice::Deadline)),
-        STATIC_BEST => Some(Mode::Shared(SharedChoice::Best)),
-        STATIC_CHEAPEST => Some(Mode::Shared(SharedChoice::Cheapest)),
-        _ => None,
-    }
-}
-
-/// The per-queue policy objects, by name; `None` for unknown names and for [`DEADLINE`].
-pub fn by_name(name: &str) -> Option<Box<dyn Policy>> {
-    match name {
-        PAPER => Some(Box::new(Paper)),
-        STATIC_BEST => Some(Box::new(StaticBest)),
-        STATIC_CHEAPEST => Some(Box::new(StaticCheapest)),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
@@ -183,14 +231,25 @@ mod tests {
 
     #[test]
     fn names_resolve() {
-        for n in NAMES.iter().filter(|n| **n != DEADLINE) {
-            assert_eq!(by_name(n).unwrap().name(), *n);
+        use clap::ValueEnum;
+        for p in PolicyName::ALL {
+            // One spelling everywhere: the enum's, clap's, serde's, and the policy object's.
+            assert_eq!(p.as_str().parse::<PolicyName>(), Ok(p));
+            assert_eq!(p.to_possible_value().unwrap().get_name(), p.as_str());
+            assert_eq!(serde_json::to_value(p).unwrap(), p.as_str());
+            assert_eq!(serde_json::from_value::<PolicyName>(p.as_str().into()).unwrap(), p);
+            if let Some(obj) = p.per_queue() {
+                assert_eq!(obj.name(), p.as_str());
+            }
         }
-        assert!(by_name("fastest").is_none());
-        assert!(by_name(DEADLINE).is_none(), "deadline binds late on the shared executor, not per queue");
-        assert_eq!(mode(PAPER), Some(Mode::Queues));
-        assert_eq!(mode(STATIC_CHEAPEST), Some(Mode::Shared(SharedChoice::Cheapest)));
-        assert!(NAMES.iter().all(|n| mode(n).is_some()));
+        assert_eq!(PolicyName::value_variants(), PolicyName::ALL);
+        assert_eq!(PolicyName::default(), PolicyName::Deadline);
+        let err = "fastest".parse::<PolicyName>().unwrap_err();
+        assert_eq!(err, "unknown policy \"fastest\"; known: deadline, paper, static-best, static-cheapest");
+        assert!(serde_json::from_value::<PolicyName>("fastest".into()).unwrap_err().to_string().contains("unknown policy"));
+        assert!(PolicyName::Deadline.per_queue().is_none(), "deadline binds late on the shared executor, not per queue");
+        assert_eq!(PolicyName::Paper.mode(), Mode::Queues);
+        assert_eq!(PolicyName::StaticCheapest.mode(), Mode::Shared(SharedChoice::Cheapest));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::config::{BackendChoice, EngineConfig};
+use super::config::{BackendChoice, EngineConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -127,13 +127,11 @@ fn install_onnxruntime(cfg: &EngineConfig) -> Result<BackendInfo> {
 /// dlopens the library and copies its API table. The library stays loaded for the process' life.
 fn load_library(path: &Path) -> Result<(ort::sys::OrtApi, String)> {
     // SAFETY: loading runs the library's initialisers; libonnxruntime's are sound to run once.
-    let lib = unsafe { libloading::Library::new(path) }
-        .with_context(|| format!("cannot load ONNX Runtime library {}", path.display()))?;
+    let lib = unsafe { libloading::Library::new(path) }.with_context(|| format!("cannot load ONNX Runtime library {}", path.display()))?;
     let lib: &'static libloading::Library = Box::leak(Box::new(lib));
     // SAFETY: the symbol has this signature in every ONNX Runtime release (C API, stable ABI).
-    let get_base: libloading::Symbol<unsafe extern "C" fn() -> *const ort::sys::OrtApiBase> =
-        unsafe { lib.get(b"OrtGetApiBase\0") }
-            .with_context(|| format!("{} has no OrtGetApiBase: not an ONNX Runtime library", path.display()))?;
+    let get_base: libloading::Symbol<unsafe extern "C" fn() -> *const ort::sys::OrtApiBase> = unsafe { lib.get(b"OrtGetApiBase\0") }
+        .with_context(|| format!("{} has no OrtGetApiBase: not an ONNX Runtime library", path.display()))?;
     // SAFETY: OrtGetApiBase returns a pointer to a static table, or null.
     let base = unsafe { get_base().as_ref() }.ok_or_else(|| anyhow!("OrtGetApiBase returned null"))?;
     // SAFETY: both are plain C calls returning static data.
@@ -189,12 +187,12 @@ fn onnxruntime_wheel(version: &str) -> crate::pypi::Wheel<'_> {
 }
 
 pub fn fetched_dir(version: &str) -> PathBuf {
-    onnxruntime_wheel(version).cache_dir(&crate::config::data_dir())
+    onnxruntime_wheel(version).cache_dir(&crate::dirs::data_dir())
 }
 
 /// Fetches the pinned `onnxruntime` wheel from PyPI with pip and keeps just its shared library.
 fn fetch_wheel(version: &str) -> Result<PathBuf> {
-    let mut files = crate::pypi::fetch(onnxruntime_wheel(version), &["onnxruntime/capi/libonnxruntime.so*"], &crate::config::data_dir())?;
+    let mut files = crate::pypi::fetch(onnxruntime_wheel(version), &["onnxruntime/capi/libonnxruntime.so*"], &crate::dirs::data_dir())?;
     Ok(files.remove(0))
 }
 

@@ -7,9 +7,10 @@
 //! [`Pending`] `submit` returned.
 
 pub mod backend;
-pub mod intake;
+pub mod config;
+pub(crate) mod intake;
 pub mod pinned;
-pub mod pool;
+pub(crate) mod pool;
 pub mod preprocess;
 pub mod session;
 pub mod worker;
@@ -24,12 +25,13 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use crate::config::Config;
-use crate::dispatch::policy::{self, Mode};
+use crate::dispatch::policy::{Mode, PolicyName};
 use crate::dispatch::Dispatcher;
 use crate::models::{Ladder, ModelSpec};
 use backend::BackendInfo;
-use intake::{Intake, Pinned, Refusal, Ticket};
+pub use config::{BackendChoice, EngineConfig, Settings};
+pub use intake::Refusal;
+use intake::{Intake, Pinned, Ticket};
 use pool::{Learner, Pool};
 use preprocess::ImageError;
 use session::ModelSession;
@@ -132,23 +134,23 @@ pub struct Engine {
     /// Median warm-up inference time per model, µs (what seeded each moving average).
     pub warmup_us: Vec<f64>,
     intake: Arc<Intake>,
-    policy: String,
+    policy: PolicyName,
     executor: Executor,
 }
 
 impl Engine {
-    /// Initialises the backend, loads the ladder named in the config (writing synthetic models
-    /// that are missing), warms every model up and starts the executor.
-    pub fn start(cfg: &Config) -> Result<Engine> {
+    /// Initialises the backend, loads the ladder named in the settings (writing synthetic
+    /// models that are missing), warms every model up and starts the executor.
+    pub fn start(cfg: &Settings) -> Result<Engine> {
         let backend = backend::init(&cfg.engine)?;
-        let mut ladder = Ladder::load(&cfg.models.manifest)?;
-        let generated = ladder.ensure_files(&crate::config::data_dir().join("models"))?;
+        let mut ladder = Ladder::load(&cfg.manifest)?;
+        let generated = ladder.ensure_files(&crate::dirs::data_dir().join("models"))?;
         if generated > 0 {
             tracing::info!(generated, "wrote synthetic model files (random weights: predictions are meaningless)");
         }
         // The shared executor gives every worker its own session of every model (sessions are
         // not shared across threads); per-model queues need one session per model.
-        let shared = matches!(policy::mode(&cfg.dispatch.policy), Some(Mode::Shared(_)));
+        let shared = matches!(cfg.dispatch.policy.mode(), Mode::Shared(_));
         let copies = if shared { cfg.engine.pool_workers() } else { 1 };
         let mut model_sets: Vec<Vec<Box<dyn Infer>>> = (0..copies).map(|_| Vec::new()).collect();
         let mut warmup_us = Vec::with_capacity(ladder.models.len());
@@ -173,7 +175,7 @@ impl Engine {
 
     /// [`Engine::from_model_sets`] with one set of models.
     pub fn from_models(
-        cfg: &Config,
+        cfg: &Settings,
         backend: &'static BackendInfo,
         specs: Vec<ModelSpec>,
         models: Vec<Box<dyn Infer>>,
@@ -187,7 +189,7 @@ impl Engine {
     /// exactly one set for per-model queues. [`Engine::start`] uses it; tests use it with
     /// stand-in models.
     pub fn from_model_sets(
-        cfg: &Config,
+        cfg: &Settings,
         backend: &'static BackendInfo,
         specs: Vec<ModelSpec>,
         mut model_sets: Vec<Vec<Box<dyn Infer>>>,
@@ -197,20 +199,21 @@ impl Engine {
         anyhow::ensure!(n > 0 && warmup_us.len() == n, "one spec and warm-up time per rung");
         anyhow::ensure!(!model_sets.is_empty() && model_sets.iter().all(|s| s.len() == n), "one model per rung in every set");
         let d = &cfg.dispatch;
-        let mode = policy::mode(&d.policy).context("unknown dispatch policy")?;
+        let mode = d.policy.mode();
         // On the shared executor the per-queue policy object is unused; `paper` stands in so the
         // dispatcher's accounting (depths, averages) is the same code for every policy.
-        let per_queue = policy::by_name(if mode == Mode::Queues { &d.policy } else { policy::PAPER }).context("unknown dispatch policy")?;
+        let per_queue = if mode == Mode::Queues { d.policy } else { PolicyName::Paper }.per_queue().context("a per-queue policy")?;
         let dispatcher = Arc::new(Dispatcher::new(per_queue, n, d.ewma_weight, d.latency_bound_ms));
         for (i, us) in warmup_us.iter().enumerate() {
             dispatcher.seed(i, *us);
         }
-        let intake = Arc::new(Intake::new(cfg.server.max_waiting));
-        let limits = Limits { max_image_pixels: cfg.server.max_image_pixels, top_k: cfg.server.top_k, nice: cfg.engine.executor_nice };
+        let intake = Arc::new(Intake::new(cfg.max_waiting));
+        let limits = Limits { max_image_pixels: cfg.max_image_pixels, top_k: cfg.top_k, nice: cfg.engine.executor_nice };
         let ladder = Arc::new(specs);
         let executor = match mode {
             Mode::Shared(choice) => Executor::Shared(
-                Pool::spawn(model_sets, ladder.clone(), dispatcher.clone(), intake.clone(), choice, limits).context("cannot start the executor")?,
+                Pool::spawn(model_sets, ladder.clone(), dispatcher.clone(), intake.clone(), choice, limits)
+                    .context("cannot start the executor")?,
             ),
             Mode::Queues => {
                 anyhow::ensure!(model_sets.len() == 1, "per-model queues run one set of models");
@@ -222,7 +225,7 @@ impl Engine {
                 )
             }
         };
-        Ok(Engine { ladder, dispatcher, backend, warmup_us, intake, policy: d.policy.clone(), executor })
+        Ok(Engine { ladder, dispatcher, backend, warmup_us, intake, policy: d.policy, executor })
     }
 
     /// The one door into the engine. Admits the request (or says why not) and returns where its
@@ -262,8 +265,8 @@ impl Engine {
     }
 
     /// The configured policy's name (`dispatch.policy`).
-    pub fn policy_name(&self) -> &str {
-        &self.policy
+    pub fn policy_name(&self) -> &'static str {
+        self.policy.as_str()
     }
 
     /// Requests waiting at the front door, not yet taken by an executor thread.
@@ -289,7 +292,7 @@ impl Engine {
     /// The `deadline` policy's latency target as a fraction of T (`None` for other policies).
     pub fn target(&self) -> Option<f64> {
         match &self.executor {
-            Executor::Shared(p) if self.policy == policy::DEADLINE => Some(p.target()),
+            Executor::Shared(p) if self.policy == PolicyName::Deadline => Some(p.target()),
             _ => None,
         }
     }

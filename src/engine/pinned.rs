@@ -7,7 +7,14 @@ use crate::models::ModelSpec;
 
 /// Fills `out` with the rung's input: the requester's tensor as sent (its length was checked
 /// against the rung's input at the front end), or `image` decoded and resized for the rung.
-pub fn prepare(pre: &mut Preprocessor, image: &[u8], tensor: Option<Vec<f32>>, spec: &ModelSpec, max_pixels: u64, out: &mut Vec<f32>) -> Result<(), ImageError> {
+pub fn prepare(
+    pre: &mut Preprocessor,
+    image: &[u8],
+    tensor: Option<Vec<f32>>,
+    spec: &ModelSpec,
+    max_pixels: u64,
+    out: &mut Vec<f32>,
+) -> Result<(), ImageError> {
     match tensor {
         Some(t) => *out = t,
         None => {

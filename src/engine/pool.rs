@@ -234,17 +234,9 @@ fn run(w: usize, mut models: Vec<Box<dyn Infer>>, s: &Shared) {
             s.intake.count_abandoned();
             continue;
         }
-        d.begin(m);
-        let end_us = started.duration_since(s.epoch).as_micros() as u64 + d.estimate_us(m) as u64;
-        s.busy_until[w].store(end_us.max(1), Ordering::Relaxed);
-        let (result, inference_us, scores) = execute(&mut models[m], m, &tensor, d, s.limits.top_k);
-        s.busy_until[w].store(0, Ordering::Relaxed);
         let answer = Answer {
-            model: Some(m),
-            result: result.map_err(Failure::Inference),
             queue_us,
             preprocess_us,
-            inference_us,
             estimate_us: Some(estimate_us),
             // Only answers the policy had a choice over teach α. When the budget is below the
             // cheapest model, latency is set by the load alone and α cannot move it: counting
@@ -252,7 +244,7 @@ fn run(w: usize, mut models: Vec<Box<dyn Infer>>, s: &Shared) {
             // the load fell (measured: the cheapest model for 30 s at 56 clients on a slow
             // 2-core second).
             aim: (s.choice == SharedChoice::Deadline && in_control).then_some(Aim { alpha: aimed, bound_us: ticket.bound_us }),
-            scores,
+            ..run_announced(s, w, &mut models[m], m, &tensor, started)
         };
         ticket.answer(answer);
     }
@@ -262,7 +254,16 @@ fn run(w: usize, mut models: Vec<Box<dyn Infer>>, s: &Shared) {
 /// rung runs it. Its run is announced in `busy_until` like any other, so the `deadline` policy's
 /// view of the cores stays whole while it runs.
 #[allow(clippy::too_many_arguments)]
-fn serve_pinned(w: usize, s: &Shared, p: Pinned, ticket: Ticket, taken: Instant, models: &mut [Box<dyn Infer>], pre: &mut Preprocessor, tensor: &mut Vec<f32>) {
+fn serve_pinned(
+    w: usize,
+    s: &Shared,
+    p: Pinned,
+    ticket: Ticket,
+    taken: Instant,
+    models: &mut [Box<dyn Infer>],
+    pre: &mut Preprocessor,
+    tensor: &mut Vec<f32>,
+) {
     let queue_us = taken.saturating_duration_since(ticket.arrival).as_micros() as u64;
     let (m, d) = (p.rung, &s.dispatcher);
     if let Err(e) = super::pinned::prepare(pre, &ticket.image, p.tensor, &s.specs[m], s.limits.max_image_pixels, tensor) {
@@ -275,13 +276,30 @@ fn serve_pinned(w: usize, s: &Shared, p: Pinned, ticket: Ticket, taken: Instant,
         return;
     }
     let estimate_us = d.estimate_us(m);
-    d.begin(m);
-    s.busy_until[w].store((started.duration_since(s.epoch).as_micros() as u64 + estimate_us as u64).max(1), Ordering::Relaxed);
-    let (result, inference_us, scores) = execute(&mut models[m], m, tensor, d, s.limits.top_k);
-    s.busy_until[w].store(0, Ordering::Relaxed);
     let preprocess_us = started.duration_since(taken).as_micros() as u64;
-    let answer = Answer { model: Some(m), result: result.map_err(Failure::Inference), queue_us, preprocess_us, inference_us, estimate_us: Some(estimate_us), aim: None, scores };
-    ticket.answer(answer);
+    ticket.answer(Answer { queue_us, preprocess_us, estimate_us: Some(estimate_us), ..run_announced(s, w, &mut models[m], m, tensor, started) });
+}
+
+/// Runs rung `m` on `tensor` for worker `w`, the run announced in `busy_until[w]` while it lasts
+/// (the `deadline` policy's view of what the other cores still have to do). The answer's
+/// timings before the model, its estimate and its aim are the caller's to fill in.
+fn run_announced(s: &Shared, w: usize, model: &mut Box<dyn Infer>, m: usize, tensor: &[f32], started: Instant) -> Answer {
+    let d = &s.dispatcher;
+    d.begin(m);
+    let end_us = started.duration_since(s.epoch).as_micros() as u64 + d.estimate_us(m) as u64;
+    s.busy_until[w].store(end_us.max(1), Ordering::Relaxed);
+    let (result, inference_us, scores) = execute(model, m, tensor, d, s.limits.top_k);
+    s.busy_until[w].store(0, Ordering::Relaxed);
+    Answer {
+        model: Some(m),
+        result: result.map_err(Failure::Inference),
+        queue_us: 0,
+        preprocess_us: 0,
+        inference_us,
+        estimate_us: None,
+        aim: None,
+        scores,
+    }
 }
 
 fn us(d: std::time::Duration) -> f64 {

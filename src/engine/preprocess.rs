@@ -147,6 +147,11 @@ impl Preprocessor {
     }
 
     fn decode_png(&mut self, bytes: &[u8], max_pixels: u64) -> Result<(), ImageError> {
+        // The size straight from the IHDR chunk first: the decoder refuses a huge one with its
+        // own allocation limit ("Memory limit exceeded") before the cap below could say why.
+        if let Some((w, h)) = png_header_size(bytes) {
+            check_size(w, h, max_pixels)?;
+        }
         let reader = || ImageReader::with_format(Cursor::new(bytes), ImageFormat::Png);
         let (w, h) = reader().into_dimensions().map_err(|e| ImageError::Decode(e.to_string()))?;
         check_size(w, h, max_pixels)?;
@@ -211,6 +216,13 @@ fn check_size(width: u32, height: u32, max_pixels: u64) -> Result<(), ImageError
         return Err(ImageError::Decode(format!("image has zero size ({width}x{height})")));
     }
     Ok(())
+}
+
+/// Width and height as a PNG's IHDR chunk states them (it must come first, right after the
+/// 8-byte signature); `None` when the bytes do not start that way.
+fn png_header_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    let ihdr = bytes.get(8..24).filter(|c| &c[4..8] == b"IHDR")?;
+    Some((u32::from_be_bytes(ihdr[8..12].try_into().ok()?), u32::from_be_bytes(ihdr[12..16].try_into().ok()?)))
 }
 
 /// The largest DCT scale-down (1, 2, 4 or 8) that keeps the shorter side at least `min_side`.

@@ -106,9 +106,7 @@ pub fn softmax(v: &mut [f32]) {
 pub fn top_k(scores: &[f32], k: usize) -> Vec<(usize, f32)> {
     let mut idx: Vec<(usize, f32)> = scores.iter().copied().enumerate().collect();
     let k = k.min(idx.len());
-    let by_score = |a: &(usize, f32), b: &(usize, f32)| {
-        b.1.partial_cmp(&a.1).unwrap_or_else(|| a.1.is_nan().cmp(&b.1.is_nan()))
-    };
+    let by_score = |a: &(usize, f32), b: &(usize, f32)| b.1.partial_cmp(&a.1).unwrap_or_else(|| a.1.is_nan().cmp(&b.1.is_nan()));
     if k > 0 && k < idx.len() {
         // O(n) partition first: only the k best get sorted (n is 1000 classes, k is 5).
         idx.select_nth_unstable_by(k - 1, by_score);

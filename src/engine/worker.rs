@@ -78,7 +78,8 @@ impl Workers {
         let mut stage_threads = Vec::with_capacity(stages);
         for s in 0..stages.max(1) {
             let (queues, intake, d, specs) = (queues.clone(), intake.clone(), dispatcher.clone(), specs.clone());
-            stage_threads.push(std::thread::Builder::new().name(format!("stage-{s}")).spawn(move || run_stage(&queues, &intake, &d, &specs, limits))?);
+            stage_threads
+                .push(std::thread::Builder::new().name(format!("stage-{s}")).spawn(move || run_stage(&queues, &intake, &d, &specs, limits))?);
         }
         Ok(Workers { queues: RwLock::new(queues), stages: Mutex::new(stage_threads), threads: Mutex::new(threads) })
     }
@@ -131,7 +132,16 @@ fn run_stage(queues: &[Sender<Job>], intake: &Intake, dispatcher: &Dispatcher, s
 
 /// A request for one rung: its tensor goes straight to that rung's queue, no policy decision.
 #[allow(clippy::too_many_arguments)]
-fn stage_pinned(p: Pinned, ticket: Ticket, taken_at: Instant, queues: &[Sender<Job>], d: &Dispatcher, specs: &[ModelSpec], limits: Limits, pre: &mut Preprocessor) {
+fn stage_pinned(
+    p: Pinned,
+    ticket: Ticket,
+    taken_at: Instant,
+    queues: &[Sender<Job>],
+    d: &Dispatcher,
+    specs: &[ModelSpec],
+    limits: Limits,
+    pre: &mut Preprocessor,
+) {
     let waited_us = taken_at.saturating_duration_since(ticket.arrival).as_micros() as u64;
     let mut tensor = Vec::new();
     if let Err(e) = super::pinned::prepare(pre, &ticket.image, p.tensor, &specs[p.rung], limits.max_image_pixels, &mut tensor) {
@@ -175,6 +185,9 @@ fn run_queue<M: Infer>(index: usize, mut model: M, rx: Receiver<Job>, dispatcher
     }
 }
 
+/// The classes a model ranked highest, with their scores, best first.
+pub type TopK = Vec<(usize, f32)>;
+
 /// Runs model `index` on one tensor, times it, and settles the dispatcher's books for it
 /// (`complete` with the time on success, `release` on failure). Returns top-k or why not, the
 /// time, and every score (empty on failure).
@@ -184,7 +197,7 @@ pub fn execute<M: Infer>(
     tensor: &[f32],
     dispatcher: &Dispatcher,
     k: usize,
-) -> (Result<Vec<(usize, f32)>, String>, u64, Vec<f32>) {
+) -> (Result<TopK, String>, u64, Vec<f32>) {
     let start = Instant::now();
     // A panic inside one inference must fail that request, not the worker.
     let ran = std::panic::catch_unwind(AssertUnwindSafe(|| model.infer(tensor)));

@@ -12,11 +12,11 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::controller::Controller;
-use super::stats::Outcome;
 use super::Shared;
 use crate::client::Client;
 use crate::control::ClientView;
 use crate::protocol::{Response, Status};
+use crate::telemetry::window::Outcome;
 
 /// How long a client waits after an `overloaded` answer before its next request.
 const OVERLOAD_BACKOFF: std::time::Duration = std::time::Duration::from_millis(20);
@@ -97,7 +97,7 @@ pub(super) async fn run(id: u32, shared: Arc<Shared>, state: Arc<ClientState>, s
                 }
                 Err(e) => {
                     tracing::debug!(client = id, "cannot connect: {e:#}");
-                    shared.stats.failed_to_send();
+                    shared.stats.record(Outcome::Failed);
                     state.errors.fetch_add(1, Ordering::Relaxed);
                     // Back off so an unreachable server does not become a busy loop.
                     if !pause_for(std::time::Duration::from_secs(1), &stop).await {
@@ -128,14 +128,14 @@ pub(super) async fn run(id: u32, shared: Arc<Shared>, state: Arc<ClientState>, s
             Ok(resp) if resp.status == Status::Ok => {
                 state.last_latency_us.store(latency_us, Ordering::Relaxed);
                 state.record_label(&resp);
-                shared.stats.record(Outcome::Ok { latency_us, accuracy: accuracy(&resp) });
+                shared.stats.record(Outcome::Served { latency_us, model: None, accuracy: accuracy(&resp), within_bound: false });
                 if ctl.observe(&shared.params, latency_us as f64 / 1000.0, Instant::now()).is_some() {
                     state.level.store(ctl.level() as u8, Ordering::Relaxed);
                 }
             }
             Ok(resp) => {
                 tracing::debug!(client = id, status = %resp.status, "request refused: {}", resp.message);
-                shared.stats.record(Outcome::Refused);
+                shared.stats.record(Outcome::Refused { overloaded: resp.status == Status::Overloaded });
                 state.errors.fetch_add(1, Ordering::Relaxed);
                 // A device told `overloaded` backs off before trying again, as real clients do:
                 // resending at once would turn shed requests into a storm of refusals that

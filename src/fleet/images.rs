@@ -14,6 +14,8 @@ use image::codecs::jpeg::JpegEncoder;
 use image::imageops::FilterType;
 use image::{Rgb, RgbImage};
 
+use crate::rng::SplitMix64;
+
 /// Scenes to cycle through: clients start on different ones, so the server does not see one
 /// image over and over.
 pub const SYNTHETIC_SCENES: usize = 4;
@@ -98,26 +100,9 @@ fn square(img: RgbImage) -> RgbImage {
     image::imageops::crop_imm(&img, x, y, side, side).to_image()
 }
 
-/// SplitMix64: a tiny seeded generator, enough for repeatable scenes without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32
-    }
-
-    fn colour(&mut self) -> [f32; 3] {
-        [self.unit() * 255.0, self.unit() * 255.0, self.unit() * 255.0]
-    }
+/// A random colour, 0–255 per channel.
+fn colour(rng: &mut SplitMix64) -> [f32; 3] {
+    [rng.unit() * 255.0, rng.unit() * 255.0, rng.unit() * 255.0]
 }
 
 enum Shape {
@@ -137,19 +122,19 @@ impl Shape {
 /// A repeatable `side`×`side` scene: a gradient sky, a dozen overlapping shapes, some striped
 /// like fabric or foliage, then sensor noise.
 fn scene(side: u32, seed: u64) -> RgbImage {
-    let mut rng = Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0xED6E);
-    let (top, bottom) = (rng.colour(), rng.colour());
+    let mut rng = SplitMix64::new(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0xED6E);
+    let (top, bottom) = (colour(&mut rng), colour(&mut rng));
     let shapes: Vec<(Shape, [f32; 3], f32)> = (0..12)
         .map(|_| {
             let (a, b, c) = (rng.unit(), rng.unit(), rng.unit());
-            let shape = if rng.next().is_multiple_of(2) {
+            let shape = if rng.next_u64().is_multiple_of(2) {
                 Shape::Disc { cx: a, cy: b, r: 0.05 + 0.2 * c }
             } else {
                 Shape::Rect { x0: a - 0.25 * c, y0: b - 0.15, x1: a + 0.25 * c, y1: b + 0.1 + 0.2 * c }
             };
             // Stripe frequency in cycles per image side; 0: a plain fill with shading only.
-            let stripes = if rng.next().is_multiple_of(3) { 4.0 + 20.0 * rng.unit() } else { 0.0 };
-            (shape, rng.colour(), stripes)
+            let stripes = if rng.next_u64().is_multiple_of(3) { 4.0 + 20.0 * rng.unit() } else { 0.0 };
+            (shape, colour(&mut rng), stripes)
         })
         .collect();
     let mut img = RgbImage::new(side, side);

@@ -76,7 +76,6 @@ impl Link {
     pub async fn downlink_delay(&self) {
         tokio::time::sleep(self.params.rtt / 2).await;
     }
-
 }
 
 impl crate::client::Uplink for Link {

@@ -5,12 +5,11 @@
 //!
 //! The fleet is driven through [`FleetControl`] (console keys, headless flags, tests alike).
 
-pub mod bench;
 pub mod client;
+pub mod config;
 pub mod controller;
 pub mod images;
 pub mod link;
-pub mod standalone;
 pub mod stats;
 
 use std::net::SocketAddr;
@@ -24,14 +23,16 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::FleetConfig;
 use crate::control::{FleetControl, FleetSnapshot, RampView};
+use crate::telemetry::summary::{ClientsSummary, Counts, PerResolution};
+use crate::telemetry::Row;
 use crate::telemetry::Telemetry;
 use client::ClientState;
+use config::FleetConfig;
 use controller::ControllerParams;
 use images::ImageSet;
 use link::{Link, LinkParams};
-use stats::{ClientsSummary, Counts, FleetRow, PerResolution, Stats};
+use stats::Stats;
 
 /// What every client of the fleet shares (one copy, behind an `Arc`).
 pub(crate) struct Shared {
@@ -166,11 +167,11 @@ impl Fleet {
     }
 
     /// Closes the current interval of the fleet's time series.
-    pub fn tick(&self) -> FleetRow {
+    pub fn tick(&self) -> Row {
         self.inner.shared.stats.tick(self.count(), self.per_resolution())
     }
 
-    pub fn rows(&self) -> Vec<FleetRow> {
+    pub fn rows(&self) -> Vec<Row> {
         self.inner.shared.stats.rows()
     }
 
@@ -185,10 +186,7 @@ impl Fleet {
     /// The `clients` entry of the summary, as things stand now.
     pub fn clients_summary(&self) -> ClientsSummary {
         let per = self.per_resolution();
-        ClientsSummary {
-            final_count: per.iter().sum(),
-            resolutions: PerResolution(self.resolutions().iter().copied().zip(per).collect()),
-        }
+        ClientsSummary { final_count: per.iter().sum(), resolutions: PerResolution(self.resolutions().iter().copied().zip(per).collect()) }
     }
 
     /// Stops the ramp and every client, and waits until each has finished its request in flight.
@@ -321,6 +319,10 @@ impl FleetControl for Fleet {
             paused: *self.inner.paused.borrow(),
             latency_ms: self.inner.shared.stats.latency(),
         }
+    }
+
+    fn count(&self) -> usize {
+        Fleet::count(self)
     }
 
     fn thresholds_ms(&self) -> (f64, f64) {

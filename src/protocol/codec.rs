@@ -5,11 +5,7 @@
 use tokio_util::codec::LengthDelimitedCodec;
 
 pub fn frame_codec(max_frame_bytes: usize) -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .length_field_length(4)
-        .big_endian()
-        .max_frame_length(max_frame_bytes)
-        .new_codec()
+    LengthDelimitedCodec::builder().length_field_length(4).big_endian().max_frame_length(max_frame_bytes).new_codec()
 }
 
 /// True when a codec error means "the peer announced a frame over the limit"

@@ -175,9 +175,7 @@ impl Request {
         if token_end > body.len() {
             return Err(DecodeError::TokenOverrun(token_len));
         }
-        let token = std::str::from_utf8(&body[REQUEST_HEADER_LEN..token_end])
-            .map_err(|_| DecodeError::TokenNotUtf8)?
-            .to_string();
+        let token = std::str::from_utf8(&body[REQUEST_HEADER_LEN..token_end]).map_err(|_| DecodeError::TokenNotUtf8)?.to_string();
         Ok(Request { request_id, client_id, resolution, token, image: body.slice(token_end..) })
     }
 }
@@ -287,10 +285,7 @@ mod tests {
     fn request_layout_is_as_documented() {
         let mut buf = BytesMut::new();
         Request { token: String::new(), ..request() }.encode(&mut buf);
-        assert_eq!(
-            &buf[..REQUEST_HEADER_LEN],
-            &[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 42, 0, 0, 0, 7, 0, 160, 0, 0]
-        );
+        assert_eq!(&buf[..REQUEST_HEADER_LEN], &[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 42, 0, 0, 0, 7, 0, 160, 0, 0]);
         assert_eq!(peek_request_id(&buf), 42);
     }
 
@@ -318,10 +313,7 @@ mod tests {
             status: Status::Ok,
             message: String::new(),
             model: Some(ModelRef { index: 3, name: "mobilenet_v1_1.0_128".into(), accuracy: 65.2 }),
-            top: vec![
-                Class { index: 5, score: 0.5, label: Some("tabby cat".into()) },
-                Class { index: 999, score: 0.25, label: None },
-            ],
+            top: vec![Class { index: 5, score: 0.5, label: Some("tabby cat".into()) }, Class { index: 999, score: 0.25, label: None }],
             timings: Timings { queue_us: 1, preprocess_us: 2, inference_us: 3, total_us: 6 },
         };
         let mut buf = BytesMut::new();

@@ -14,10 +14,10 @@ use tokio::net::TcpStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
+use super::pipeline::error_reply;
 use super::Shared;
 use crate::protocol::codec::{frame_codec, is_frame_too_large};
 use crate::protocol::frame::peek_request_id;
-use crate::pipeline::error_reply;
 use crate::protocol::{Request, Response, Status};
 
 type Conn = Framed<TcpStream, LengthDelimitedCodec>;
@@ -43,7 +43,7 @@ pub(super) async fn handle(socket: TcpStream, peer: SocketAddr, shared: Arc<Shar
         let arrival = Instant::now();
         let (response, mut record) = match Request::decode(body.clone()) {
             Ok(req) => {
-                let serving = crate::pipeline::serve(&shared.engine, &shared.limits, req, arrival);
+                let serving = super::pipeline::serve(&shared.engine, &shared.limits, req, arrival);
                 // While the engine works, watch the socket: if the peer closes, dropping
                 // `serving` drops the answer's receiver, and the executor skips the request
                 // instead of spending a model run on an answer nobody will read.
@@ -155,4 +155,3 @@ pub(super) async fn refuse(socket: TcpStream, shared: Arc<Shared>, max: usize) {
     let (response, _) = error_reply(0, Status::Overloaded, format!("too many connections (server.max_connections = {max})"));
     send(&mut conn, &response, &shared).await;
 }
-

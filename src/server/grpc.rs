@@ -57,7 +57,8 @@ pub async fn run(l: Listener, shutdown: CancellationToken) {
         }
     });
     let service = GrpcInferenceServiceServer::new(Grpc { oip }).max_decoding_message_size(max_message).max_encoding_message_size(usize::MAX);
-    let served = tonic::transport::Server::builder().add_service(service).serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()).await;
+    let served =
+        tonic::transport::Server::builder().add_service(service).serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()).await;
     if let Err(e) = served {
         tracing::error!("grpc server stopped: {e}");
     }
@@ -159,7 +160,13 @@ pub fn to_response(r: oip::InferResponse) -> ModelInferResponse {
         .into_iter()
         .map(|o| {
             raw.push(o.data.to_raw());
-            InferOutputTensor { name: o.name, datatype: o.data.datatype().into(), shape: o.shape, parameters: Default::default(), contents: None }
+            InferOutputTensor {
+                name: o.name,
+                datatype: o.data.datatype().into(),
+                shape: o.shape,
+                parameters: Default::default(),
+                contents: None,
+            }
         })
         .collect();
     ModelInferResponse {
@@ -211,7 +218,9 @@ impl GrpcInferenceService for Grpc {
         let t = self.target(&r, &r.get_ref().name, &r.get_ref().version)?;
         let m = self.oip.metadata(t);
         let tensors = |ts: Vec<oip::TensorMeta>| {
-            ts.into_iter().map(|t| model_metadata_response::TensorMetadata { name: t.name, datatype: t.datatype.into(), shape: t.shape }).collect()
+            ts.into_iter()
+                .map(|t| model_metadata_response::TensorMetadata { name: t.name, datatype: t.datatype.into(), shape: t.shape })
+                .collect()
         };
         Ok(Response::new(ModelMetadataResponse {
             name: m.name,

@@ -53,7 +53,9 @@ impl Guarded {
         let limit = self.write_limit;
         let stall = self.write_stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
         match stall.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "peer did not read within server.write_timeout_ms"))),
+            Poll::Ready(()) => {
+                Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "peer did not read within server.write_timeout_ms")))
+            }
             Poll::Pending => Poll::Pending,
         }
     }

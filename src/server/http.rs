@@ -68,10 +68,8 @@ pub async fn run(l: Listener, shutdown: CancellationToken) {
             let oip = oip.clone();
             async move { Ok::<_, Infallible>(handle(&oip, req).await) }
         });
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.read_timeout)
-            .serve_connection(TokioIo::new(io), service);
+        let conn =
+            http1::Builder::new().timer(TokioTimer::new()).header_read_timeout(limits.read_timeout).serve_connection(TokioIo::new(io), service);
         let watched = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = watched.await {
@@ -91,7 +89,10 @@ pub async fn run(l: Listener, shutdown: CancellationToken) {
 /// One connection over `server.max_connections`: a clear 503, then close.
 async fn refuse(mut socket: TcpStream, max: usize) {
     let body = json!({"error": format!("too many connections (server.max_connections = {max})")}).to_string();
-    let text = format!("HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+    let text = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
     let _ = tokio::time::timeout(Duration::from_secs(1), socket.write_all(text.as_bytes())).await;
 }
 
@@ -215,7 +216,8 @@ async fn handle(oip: &Oip, req: Request<Incoming>) -> Response<Body> {
 
 fn metadata_json(oip: &Oip, t: Target) -> Value {
     let m = oip.metadata(t);
-    let tensors = |ts: &[oip::TensorMeta]| ts.iter().map(|t| json!({"name": t.name, "datatype": t.datatype, "shape": t.shape})).collect::<Vec<_>>();
+    let tensors =
+        |ts: &[oip::TensorMeta]| ts.iter().map(|t| json!({"name": t.name, "datatype": t.datatype, "shape": t.shape})).collect::<Vec<_>>();
     json!({"name": m.name, "versions": [oip::VERSION], "platform": m.platform, "inputs": tensors(&m.inputs), "outputs": tensors(&m.outputs)})
 }
 
@@ -227,11 +229,15 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
 async fn read_infer(oip: &Oip, name: &str, version: &str, req: Request<Incoming>) -> Result<InferRequest, OipError> {
     let limits = &oip.limits;
     let cap = limits.max_frame_bytes;
-    let too_large = |n: String| OipError::new(Kind::TooLarge, format!("request body of {n} bytes exceeds the {cap}-byte limit (server.max_frame_bytes)"));
+    let too_large =
+        |n: String| OipError::new(Kind::TooLarge, format!("request body of {n} bytes exceeds the {cap}-byte limit (server.max_frame_bytes)"));
     let json_len = match req.headers().get(HEADER_LENGTH) {
         None => None,
         Some(v) => Some(
-            v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()).ok_or_else(|| OipError::bad(format!("{HEADER_LENGTH} must be a byte count, not {v:?}")))?,
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .ok_or_else(|| OipError::bad(format!("{HEADER_LENGTH} must be a byte count, not {v:?}")))?,
         ),
     };
     if let Some(len) = content_length(req.headers()).filter(|l| *l > cap as u64) {
@@ -306,7 +312,8 @@ pub fn parse_infer(name: &str, version: &str, body: Bytes, json_len: Option<usiz
     for i in req.inputs {
         let data = match i.parameters.get("binary_data_size") {
             Some(size) => {
-                let size = size.as_u64().ok_or_else(|| OipError::bad(format!("input '{}': binary_data_size must be a byte count", i.name)))? as usize;
+                let size =
+                    size.as_u64().ok_or_else(|| OipError::bad(format!("input '{}': binary_data_size must be a byte count", i.name)))? as usize;
                 if size > binary.len() {
                     return Err(OipError::bad(format!(
                         "binary section truncated: input '{}' declares {size} bytes (binary_data_size), {} remain",
@@ -353,7 +360,9 @@ fn json_data(i: &JsonInput) -> Result<Data, OipError> {
                 .into_iter()
                 .enumerate()
                 .map(|(k, v)| {
-                    let s = v.as_str().ok_or_else(|| OipError::bad(format!("input '{}' element {k}: BYTES data must be strings, not {v}", i.name)))?;
+                    let s = v
+                        .as_str()
+                        .ok_or_else(|| OipError::bad(format!("input '{}' element {k}: BYTES data must be strings, not {v}", i.name)))?;
                     match base64_decode(s) {
                         Some(b) => Ok(Bytes::from(b)),
                         None if declared_b64 => Err(OipError::bad(format!("input '{}' element {k}: not valid base64", i.name))),
@@ -365,7 +374,9 @@ fn json_data(i: &JsonInput) -> Result<Data, OipError> {
         }
         "FP32" => flat
             .into_iter()
-            .map(|v| v.as_f64().map(|x| x as f32).ok_or_else(|| OipError::bad(format!("input '{}': FP32 data must be numbers, not {v}", i.name))))
+            .map(|v| {
+                v.as_f64().map(|x| x as f32).ok_or_else(|| OipError::bad(format!("input '{}': FP32 data must be numbers, not {v}", i.name)))
+            })
             .collect::<Result<_, _>>()
             .map(Data::Fp32),
         _ => Ok(Data::Unsupported),
@@ -492,7 +503,10 @@ mod tests {
     fn binary_section_is_cut_per_input_and_truncation_is_named() {
         let image = b"\xff\xd8not really";
         let raw = oip::bytes_to_raw(&[image.to_vec()]);
-        let head = format!(r#"{{"inputs":[{{"name":"image","shape":[1],"datatype":"BYTES","parameters":{{"binary_data_size":{}}}}}],"parameters":{{"timeout":2000}},"outputs":[{{"name":"probabilities","parameters":{{"classification":3,"binary_data":true}}}}]}}"#, raw.len());
+        let head = format!(
+            r#"{{"inputs":[{{"name":"image","shape":[1],"datatype":"BYTES","parameters":{{"binary_data_size":{}}}}}],"parameters":{{"timeout":2000}},"outputs":[{{"name":"probabilities","parameters":{{"classification":3,"binary_data":true}}}}]}}"#,
+            raw.len()
+        );
         let mut body = head.clone().into_bytes();
         body.extend_from_slice(&raw);
         let r = parse_infer("edgeinfer", "", Bytes::from(body.clone()), Some(head.len())).unwrap();

@@ -1,11 +1,13 @@
 //! The TCP front end: accepts device connections and runs one task per connection. Beside it,
 //! the Open Inference Protocol front ends (`oip.rs` shared, `http.rs`, `grpc.rs`).
 
+pub mod config;
 mod connection;
 pub mod grpc;
 mod guarded;
 pub mod http;
 pub mod oip;
+pub mod pipeline;
 pub mod shutdown;
 
 use std::net::SocketAddr;
@@ -18,9 +20,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::ServerConfig;
 use crate::engine::Engine;
 use crate::telemetry::Telemetry;
+use config::ServerConfig;
 
 /// Per-connection and per-request limits, from `[server]`.
 #[derive(Debug, Clone)]

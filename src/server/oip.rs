@@ -123,8 +123,11 @@ pub fn raw_to_data(name: &str, datatype: &str, raw: Bytes) -> Result<Data, OipEr
             Ok(Data::Bytes(items))
         }
         "FP32" => {
-            if raw.len() % 4 != 0 {
-                return Err(OipError::bad(format!("input '{name}': {} bytes of raw FP32 data is not a whole number of 4-byte values", raw.len())));
+            if !raw.len().is_multiple_of(4) {
+                return Err(OipError::bad(format!(
+                    "input '{name}': {} bytes of raw FP32 data is not a whole number of 4-byte values",
+                    raw.len()
+                )));
             }
             Ok(Data::Fp32(raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect()))
         }
@@ -357,7 +360,7 @@ impl Oip {
     /// against `server.auth_token`, in constant time. No token configured: everything passes.
     pub fn authorize(&self, authorization: Option<&str>) -> Result<(), OipError> {
         let given = authorization.and_then(|h| h.strip_prefix("Bearer ")).unwrap_or("");
-        if crate::pipeline::token_matches(&self.limits.auth_token, given) {
+        if crate::server::pipeline::token_matches(&self.limits.auth_token, given) {
             Ok(())
         } else {
             Err(OipError::new(Kind::Unauthorized, "missing or wrong access token (send `Authorization: Bearer TOKEN`)"))
@@ -404,7 +407,8 @@ impl Oip {
     pub fn config_json(&self, t: Target) -> Value {
         let meta = self.metadata(t);
         let ty = |d: &str| if d == "BYTES" { "TYPE_STRING" } else { "TYPE_FP32" };
-        let tensors = |ts: &[TensorMeta]| ts.iter().map(|m| json!({"name": m.name, "data_type": ty(m.datatype), "dims": m.shape})).collect::<Vec<_>>();
+        let tensors =
+            |ts: &[TensorMeta]| ts.iter().map(|m| json!({"name": m.name, "data_type": ty(m.datatype), "dims": m.shape})).collect::<Vec<_>>();
         let mut parameters = serde_json::Map::new();
         match t {
             Target::Ladder => {
@@ -495,7 +499,12 @@ impl Oip {
         match &result {
             Ok((_, booked)) => {
                 let t = target.expect("served, so resolved");
-                let record = RequestRecord { status: Status::Ok, model: booked.first_rung, timings: booked.timings(arrival), estimate_us: booked.estimate_us };
+                let record = RequestRecord {
+                    status: Status::Ok,
+                    model: booked.first_rung,
+                    timings: booked.timings(arrival),
+                    estimate_us: booked.estimate_us,
+                };
                 self.telemetry.record_named(self.target_name(t), "ok", &record, bound_ms);
                 self.book_stats(t, true, arrival, Some(booked));
             }
@@ -616,22 +625,37 @@ impl Oip {
             let want = tensor_shape(spec, -1);
             let shape_ok = input.shape.len() == want.len() && input.shape[0] >= 1 && input.shape[1..] == want[1..];
             if !shape_ok {
-                return Err(OipError::bad(format!("input '{}' of model '{model}' has shape {:?}; it takes {want:?} (N images)", input.name, input.shape)));
+                return Err(OipError::bad(format!(
+                    "input '{}' of model '{model}' has shape {:?}; it takes {want:?} (N images)",
+                    input.name, input.shape
+                )));
             }
             let n = input.shape[0] as usize;
             let Data::Fp32(values) = input.data else {
                 return Err(OipError::bad(format!("input '{}' declares FP32 but its data is not FP32", input.name)));
             };
             if values.len() != n * per_image {
-                return Err(OipError::bad(format!("input '{}' has shape {:?} ({} values) but {} values of data", input.name, input.shape, n * per_image, values.len())));
+                return Err(OipError::bad(format!(
+                    "input '{}' has shape {:?} ({} values) but {} values of data",
+                    input.name,
+                    input.shape,
+                    n * per_image,
+                    values.len()
+                )));
             }
             return Ok(values.chunks_exact(per_image).map(|c| EngineInput::Tensor(c.to_vec())).collect());
         }
         if input.datatype != "BYTES" {
-            return Err(OipError::bad(format!("input '{IMAGE_INPUT}' of model '{model}' must be BYTES (encoded JPEG or PNG), not {}", input.datatype)));
+            return Err(OipError::bad(format!(
+                "input '{IMAGE_INPUT}' of model '{model}' must be BYTES (encoded JPEG or PNG), not {}",
+                input.datatype
+            )));
         }
         if input.shape.len() != 1 || input.shape[0] < 1 {
-            return Err(OipError::bad(format!("input '{IMAGE_INPUT}' has shape {:?}; it takes [N], one encoded image per element", input.shape)));
+            return Err(OipError::bad(format!(
+                "input '{IMAGE_INPUT}' has shape {:?}; it takes [N], one encoded image per element",
+                input.shape
+            )));
         }
         let Data::Bytes(images) = input.data else {
             return Err(OipError::bad(format!("input '{IMAGE_INPUT}' declares BYTES but its data is not BYTES")));
@@ -642,7 +666,14 @@ impl Oip {
         Ok(images.into_iter().map(EngineInput::Image).collect())
     }
 
-    fn respond(&self, model: &str, id: String, answers: &[Answer], outputs: &[RequestedOutput], binary_default: bool) -> Result<InferResponse, OipError> {
+    fn respond(
+        &self,
+        model: &str,
+        id: String,
+        answers: &[Answer],
+        outputs: &[RequestedOutput],
+        binary_default: bool,
+    ) -> Result<InferResponse, OipError> {
         let n = answers.len();
         let rungs: Vec<usize> = answers.iter().map(|a| a.model.expect("an ok answer names its rung")).collect();
         let classes = answers[0].scores.len();
@@ -664,7 +695,9 @@ impl Oip {
                             .zip(&rungs)
                             .flat_map(|(a, r)| {
                                 let spec = &self.engine.ladder[*r];
-                                top_k(&a.scores, k).into_iter().map(move |(i, p)| format!("{p:.6}:{i}:{}", spec.label(i).unwrap_or("")).into_bytes())
+                                top_k(&a.scores, k)
+                                    .into_iter()
+                                    .map(move |(i, p)| format!("{p:.6}:{i}:{}", spec.label(i).unwrap_or("")).into_bytes())
                             })
                             .collect();
                         OutputTensor { name: o.name.clone(), shape: vec![n as i64, k as i64], data: OutData::Bytes(data), binary }
@@ -778,7 +811,8 @@ pub fn timeout_from_json(v: &Value) -> Result<f64, OipError> {
         Value::String(s) => s.trim().parse::<f64>().ok(),
         _ => None,
     };
-    n.filter(|x| x.is_finite() && *x >= 0.0).ok_or_else(|| OipError::bad(format!("parameter 'timeout' must be a non-negative number of microseconds, not {v}")))
+    n.filter(|x| x.is_finite() && *x >= 0.0)
+        .ok_or_else(|| OipError::bad(format!("parameter 'timeout' must be a non-negative number of microseconds, not {v}")))
 }
 
 /// The `classification` parameter of a requested output.
@@ -793,7 +827,10 @@ mod tests {
     #[test]
     fn raw_bytes_round_trip_and_truncation_is_named() {
         let raw = bytes_to_raw(&[b"abc".to_vec(), Vec::new(), b"z".to_vec()]);
-        assert_eq!(raw_to_data("image", "BYTES", Bytes::from(raw.clone())).unwrap(), Data::Bytes(vec![Bytes::from_static(b"abc"), Bytes::new(), Bytes::from_static(b"z")]));
+        assert_eq!(
+            raw_to_data("image", "BYTES", Bytes::from(raw.clone())).unwrap(),
+            Data::Bytes(vec![Bytes::from_static(b"abc"), Bytes::new(), Bytes::from_static(b"z")])
+        );
         let cut = raw_to_data("image", "BYTES", Bytes::from(raw[..5].to_vec())).unwrap_err();
         assert!(cut.message.contains("declares 3 bytes, only 1 remain"), "{}", cut.message);
         let cut = raw_to_data("image", "BYTES", Bytes::from_static(&[1, 0])).unwrap_err();

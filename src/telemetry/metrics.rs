@@ -7,7 +7,9 @@
 //! conventions: `edgeinfer_` prefix, base units (seconds), `_total` on counters.
 
 use parking_lot::RwLock;
-use prometheus::{Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 use super::RequestRecord;
 
@@ -63,36 +65,61 @@ impl Metrics {
             r.register(Box::new(m.clone())).expect("metric names are unique");
             m
         }
-        let counter = |name: &str, help: &str, labels: &[&str]| reg(&registry, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"));
-        let int_gauges = |name: &str, help: &str, labels: &[&str]| reg(&registry, IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"));
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| reg(&registry, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"));
+        let int_gauges =
+            |name: &str, help: &str, labels: &[&str]| reg(&registry, IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"));
         let int_gauge = |name: &str, help: &str| reg(&registry, IntGauge::with_opts(Opts::new(name, help)).expect("valid metric"));
         Metrics {
             ladder_name: RwLock::new("edgeinfer".into()),
             rung_names: RwLock::new(Vec::new()),
-            requests: counter("edgeinfer_requests_total", "Requests answered, by the model they addressed and their status.", &["model", "status"]),
+            requests: counter(
+                "edgeinfer_requests_total",
+                "Requests answered, by the model they addressed and their status.",
+                &["model", "status"],
+            ),
             latency: reg(
                 &registry,
                 HistogramVec::new(
-                    HistogramOpts::new("edgeinfer_request_duration_seconds", "Server latency of answered requests, from arrival to answer, by addressed model.")
-                        .buckets(LATENCY_BUCKETS.to_vec()),
+                    HistogramOpts::new(
+                        "edgeinfer_request_duration_seconds",
+                        "Server latency of answered requests, from arrival to answer, by addressed model.",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
                     &["model"],
                 )
                 .expect("valid metric"),
             ),
-            slo_misses: counter("edgeinfer_slo_misses_total", "Requests served later than their latency bound (T, or their own timeout).", &["model"]),
-            overloaded: reg(&registry, IntCounter::new("edgeinfer_overloaded_total", "Requests refused as overloaded (admission control, shed, shutting down).").expect("valid metric")),
+            slo_misses: counter(
+                "edgeinfer_slo_misses_total",
+                "Requests served later than their latency bound (T, or their own timeout).",
+                &["model"],
+            ),
+            overloaded: reg(
+                &registry,
+                IntCounter::new("edgeinfer_overloaded_total", "Requests refused as overloaded (admission control, shed, shutting down).")
+                    .expect("valid metric"),
+            ),
             served: counter("edgeinfer_model_served_total", "Requests each ladder rung ran successfully.", &["model"]),
             queue_depth: int_gauges("edgeinfer_queue_depth", "Requests queued at or running on each ladder rung.", &["model"]),
             inference_avg: reg(
                 &registry,
-                GaugeVec::new(Opts::new("edgeinfer_model_inference_seconds", "Moving average (EWMA) of each rung's inference time."), &["model"]).expect("valid metric"),
+                GaugeVec::new(
+                    Opts::new("edgeinfer_model_inference_seconds", "Moving average (EWMA) of each rung's inference time."),
+                    &["model"],
+                )
+                .expect("valid metric"),
             ),
             bound: reg(&registry, Gauge::new("edgeinfer_latency_bound_seconds", "The latency bound T.").expect("valid metric")),
             in_system: int_gauge("edgeinfer_requests_in_system", "Requests admitted and not yet answered (bounded by server.max_waiting)."),
             backlog: int_gauge("edgeinfer_backlog_requests", "Requests waiting at the front door for an executor thread."),
             connections: int_gauges("edgeinfer_open_connections", "Open client connections, by front end.", &["protocol"]),
             fleet_clients: int_gauge("edgeinfer_fleet_clients", "Clients of the built-in fleet."),
-            fleet_resolution: int_gauges("edgeinfer_fleet_resolution_clients", "Built-in fleet clients at each image resolution (pixels).", &["resolution"]),
+            fleet_resolution: int_gauges(
+                "edgeinfer_fleet_resolution_clients",
+                "Built-in fleet clients at each image resolution (pixels).",
+                &["resolution"],
+            ),
             registry,
         }
     }

@@ -6,6 +6,7 @@
 
 pub mod metrics;
 pub mod summary;
+pub mod window;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
@@ -16,20 +17,8 @@ use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 
 use crate::protocol::{Status, Timings};
-
-/// Latencies are recorded in µs between 1 µs and 10 minutes, 3 significant digits.
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
-}
-
-fn record(h: &mut Histogram<u64>, us: u64) {
-    h.saturating_record(us.max(1));
-}
-
-/// Percentile of a histogram in milliseconds; `None` when empty.
-pub fn percentile_ms(h: &Histogram<u64>, q: f64) -> Option<f64> {
-    (!h.is_empty()).then(|| h.value_at_quantile(q) as f64 / 1000.0)
-}
+pub use window::{fmt_opt, histogram, percentile_ms, LatencySummary, Row};
+use window::{record_us, Outcome, Window};
 
 /// One answered request, as the server saw it.
 #[derive(Debug, Clone, Copy)]
@@ -42,54 +31,30 @@ pub struct RequestRecord {
     pub estimate_us: Option<f64>,
 }
 
-/// One row of the time series: an interval's traffic, sampled at its end.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Row {
-    pub t_s: f64,
-    pub clients: usize,
-    pub rps: f64,
-    /// Mean declared accuracy of the requests served in the interval.
-    pub mean_accuracy: Option<f64>,
-    pub p50_ms: Option<f64>,
-    pub p99_ms: Option<f64>,
-    pub queue_depths: Vec<usize>,
-    /// Requests each model served in the interval, ladder order.
-    pub served: Vec<u64>,
-    pub errors: u64,
-    /// Of `errors`, those refused by admission control (`overloaded`).
-    pub overloaded: u64,
-    /// Fraction of the interval's served requests within T.
-    pub slo_attainment: Option<f64>,
+/// What an event is, for whoever shows it (the console colours problems).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A change or a milestone: T changed, clients added, the ramp reached its top.
+    Info,
+    /// Something refused, failed or fallen back: a T change refused, the backend fallback, a theme not found.
+    Problem,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Event {
     pub t_s: f64,
+    pub kind: EventKind,
     pub text: String,
 }
 
-struct ModelStats {
-    served: u64,
-    inference: Histogram<u64>,
-}
-
 struct Inner {
-    latency: Histogram<u64>,
-    interval_latency: Histogram<u64>,
-    interval_served: Vec<u64>,
-    interval_acc_sum: f64,
-    interval_requests: u64,
-    interval_errors: u64,
-    interval_overloaded: u64,
-    interval_within_bound: u64,
-    last_tick: Instant,
-    models: Vec<ModelStats>,
-    requests: u64,
+    /// What was answered: cumulative and per interval, and the rows.
+    window: Window,
     errors_by_status: BTreeMap<&'static str, u64>,
-    within_bound: u64,
-    acc_sum: f64,
+    /// Inference time per model, ladder order.
+    inference: Vec<Histogram<u64>>,
     estimate_error: Histogram<u64>,
-    rows: Vec<Row>,
     events: VecDeque<Event>,
 }
 
@@ -131,22 +96,10 @@ impl Telemetry {
             start: now,
             accuracies,
             inner: Mutex::new(Inner {
-                latency: histogram(),
-                interval_latency: histogram(),
-                interval_served: vec![0; n],
-                interval_acc_sum: 0.0,
-                interval_requests: 0,
-                interval_errors: 0,
-                interval_overloaded: 0,
-                interval_within_bound: 0,
-                last_tick: now,
-                models: (0..n).map(|_| ModelStats { served: 0, inference: histogram() }).collect(),
-                requests: 0,
+                window: Window::new(now, n, true),
                 errors_by_status: BTreeMap::new(),
-                within_bound: 0,
-                acc_sum: 0.0,
+                inference: (0..n).map(|_| histogram()).collect(),
                 estimate_error: histogram(),
-                rows: Vec::new(),
                 events: VecDeque::new(),
             }),
             connections: ConnectionCounters::default(),
@@ -195,75 +148,53 @@ impl Telemetry {
     fn book(&self, r: &RequestRecord, bound_ms: f64) {
         let total = r.timings.total_us as u64;
         let mut g = self.inner.lock();
-        g.requests += 1;
-        g.interval_requests += 1;
         if r.status != Status::Ok {
             *g.errors_by_status.entry(r.status.as_str()).or_default() += 1;
-            g.interval_errors += 1;
-            if r.status == Status::Overloaded {
-                g.interval_overloaded += 1;
-            }
+            g.window.record(Outcome::Refused { overloaded: r.status == Status::Overloaded });
             return;
         }
-        record(&mut g.latency, total);
-        record(&mut g.interval_latency, total);
-        if (total as f64) <= bound_ms * 1000.0 {
-            g.within_bound += 1;
-            g.interval_within_bound += 1;
-        }
-        if let Some(m) = r.model.filter(|m| *m < self.accuracies.len()) {
-            let acc = self.accuracies[m] as f64;
-            g.acc_sum += acc;
-            g.interval_acc_sum += acc;
-            g.interval_served[m] += 1;
-            g.models[m].served += 1;
-            record(&mut g.models[m].inference, r.timings.inference_us as u64);
+        let model = r.model.filter(|m| *m < self.accuracies.len());
+        g.window.record(Outcome::Served {
+            latency_us: total,
+            model,
+            accuracy: model.map(|m| self.accuracies[m]),
+            within_bound: (total as f64) <= bound_ms * 1000.0,
+        });
+        if let Some(m) = model {
+            record_us(&mut g.inference[m], r.timings.inference_us as u64);
         }
         if let Some(est) = r.estimate_us {
             // Error of the dispatcher's prediction against queue wait + inference, the part it predicts.
             let actual = (r.timings.queue_us + r.timings.inference_us) as f64;
-            record(&mut g.estimate_error, (est - actual).abs() as u64);
+            record_us(&mut g.estimate_error, (est - actual).abs() as u64);
         }
     }
 
     /// Closes the current interval into a time-series row and returns it.
     pub fn tick(&self, queue_depths: Vec<usize>, clients: usize) -> Row {
-        let now = Instant::now();
-        let mut g = self.inner.lock();
-        let secs = now.duration_since(g.last_tick).as_secs_f64().max(1e-6);
-        let served_total: u64 = g.interval_served.iter().sum();
-        let row = Row {
-            t_s: now.duration_since(self.start).as_secs_f64(),
-            clients,
-            rps: g.interval_requests as f64 / secs,
-            mean_accuracy: (served_total > 0).then(|| g.interval_acc_sum / served_total as f64),
-            p50_ms: percentile_ms(&g.interval_latency, 0.5),
-            p99_ms: percentile_ms(&g.interval_latency, 0.99),
-            queue_depths,
-            served: std::mem::replace(&mut g.interval_served, vec![0; self.accuracies.len()]),
-            errors: g.interval_errors,
-            overloaded: g.interval_overloaded,
-            slo_attainment: (served_total > 0).then(|| g.interval_within_bound as f64 / served_total as f64),
-        };
-        g.interval_latency.reset();
-        g.interval_acc_sum = 0.0;
-        g.interval_requests = 0;
-        g.interval_errors = 0;
-        g.interval_overloaded = 0;
-        g.interval_within_bound = 0;
-        g.last_tick = now;
-        g.rows.push(row.clone());
-        row
+        self.inner.lock().window.tick(Instant::now(), clients, queue_depths, Vec::new())
     }
 
+    /// Logs an event (a change or a milestone) for the console's panel and the log.
     pub fn event(&self, text: impl Into<String>) {
-        let text = text.into();
-        tracing::info!(event = %text);
+        self.push(EventKind::Info, text.into());
+    }
+
+    /// Logs a problem: something refused, failed or fallen back.
+    pub fn problem(&self, text: impl Into<String>) {
+        self.push(EventKind::Problem, text.into());
+    }
+
+    fn push(&self, kind: EventKind, text: String) {
+        match kind {
+            EventKind::Info => tracing::info!(event = %text),
+            EventKind::Problem => tracing::warn!(event = %text),
+        }
         let mut g = self.inner.lock();
         if g.events.len() == MAX_EVENTS {
             g.events.pop_front();
         }
-        g.events.push_back(Event { t_s: self.start.elapsed().as_secs_f64(), text });
+        g.events.push_back(Event { t_s: self.start.elapsed().as_secs_f64(), kind, text });
     }
 
     pub fn events(&self) -> Vec<Event> {
@@ -273,50 +204,33 @@ impl Telemetry {
     /// The last `n` rows of the time series.
     pub fn recent_rows(&self, n: usize) -> Vec<Row> {
         let g = self.inner.lock();
-        g.rows[g.rows.len().saturating_sub(n)..].to_vec()
+        let rows = g.window.rows();
+        rows[rows.len().saturating_sub(n)..].to_vec()
     }
 
     pub fn rows(&self) -> Vec<Row> {
-        self.inner.lock().rows.clone()
+        self.inner.lock().window.rows().to_vec()
     }
 
     /// Cumulative figures since start.
     pub fn totals(&self) -> Totals {
         let g = self.inner.lock();
-        let served: u64 = g.models.iter().map(|m| m.served).sum();
+        let w = g.window.totals();
         Totals {
-            requests: g.requests,
-            errors: g.errors_by_status.values().sum(),
+            requests: w.answered,
+            errors: w.errors,
             errors_by_status: g.errors_by_status.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-            served,
-            slo_attainment: (served > 0).then(|| g.within_bound as f64 / served as f64),
-            mean_accuracy: (served > 0).then(|| g.acc_sum / served as f64),
-            latency_ms: LatencySummary::of(&g.latency),
+            served: w.served,
+            slo_attainment: w.slo_attainment,
+            mean_accuracy: w.mean_accuracy,
+            latency_ms: w.latency_ms,
             estimate_error_ms: LatencySummary::of(&g.estimate_error),
-            per_model: g
-                .models
+            per_model: w
+                .served_per_rung
                 .iter()
-                .map(|m| ModelTotals { served: m.served, inference_p50_ms: percentile_ms(&m.inference, 0.5) })
+                .zip(&g.inference)
+                .map(|(served, h)| ModelTotals { served: *served, inference_p50_ms: percentile_ms(h, 0.5) })
                 .collect(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
-pub struct LatencySummary {
-    pub p50: Option<f64>,
-    pub p90: Option<f64>,
-    pub p99: Option<f64>,
-    pub max: Option<f64>,
-}
-
-impl LatencySummary {
-    pub fn of(h: &Histogram<u64>) -> Self {
-        Self {
-            p50: percentile_ms(h, 0.5),
-            p90: percentile_ms(h, 0.9),
-            p99: percentile_ms(h, 0.99),
-            max: (!h.is_empty()).then(|| h.max() as f64 / 1000.0),
         }
     }
 }
@@ -395,5 +309,8 @@ mod tests {
         let ev = t.events();
         assert_eq!(ev.len(), MAX_EVENTS);
         assert_eq!(ev[0].text, "e10");
+        t.problem("refused");
+        assert_eq!(t.events().last().map(|e| e.kind), Some(EventKind::Problem));
+        assert_eq!(ev[0].kind, EventKind::Info);
     }
 }

@@ -1,14 +1,14 @@
-//! End-of-run outputs: the JSON summary and the per-interval CSV time series.
+//! End-of-run outputs: the JSON summary (built by the node, `service.rs`) and the
+//! per-interval CSV time series.
 
 use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use serde::ser::SerializeMap;
 use serde::Serialize;
 
-use super::{LatencySummary, Row, Telemetry};
-use crate::engine::Engine;
-use crate::fleet::stats::{ClientsSummary, Counts, FleetRow};
+use super::{LatencySummary, Row};
 
 #[derive(Debug, Serialize)]
 pub struct BackendSummary {
@@ -58,42 +58,45 @@ pub struct Summary {
     pub clients: Option<ClientsSummary>,
 }
 
-pub fn build(engine: &Engine, telemetry: &Telemetry) -> Summary {
-    let totals = telemetry.totals();
-    let views = engine.dispatcher.snapshot();
-    let duration_s = telemetry.elapsed_s();
-    Summary {
-        backend: BackendSummary { name: engine.backend.name.as_str(), version: engine.backend.version.clone() },
-        synthetic_weights: engine.any_synthetic(),
-        latency_bound_ms: engine.dispatcher.bound_ms(),
-        policy: engine.policy_name().to_string(),
-        duration_s,
-        models: engine
-            .ladder
-            .iter()
-            .zip(&totals.per_model)
-            .zip(&views)
-            .map(|((spec, t), v)| ModelSummary {
-                name: spec.name.clone(),
-                accuracy: spec.accuracy,
-                served: t.served,
-                ewma_ms: v.ewma_us / 1000.0,
-                p50_ms: t.inference_p50_ms,
-            })
-            .collect(),
-        requests: totals.requests,
-        errors: totals.errors,
-        errors_by_status: totals.errors_by_status,
-        latency_ms: totals.latency_ms,
-        slo_attainment: totals.slo_attainment,
-        mean_accuracy: totals.mean_accuracy,
-        throughput_rps: totals.requests as f64 / duration_s.max(1e-9),
-        estimate_error_ms: totals.estimate_error_ms,
-        connections: telemetry.connections(),
-        client_latency_ms: None,
-        client_requests: None,
-        clients: None,
+/// A fleet's requests, as its clients counted them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    /// Requests whose first byte was sent.
+    pub sent: u64,
+    /// Requests that got a response (any status).
+    pub answered: u64,
+    /// Transport failures, timeouts and non-ok responses.
+    pub errors: u64,
+}
+
+impl Counts {
+    /// Sent but never answered.
+    pub fn unanswered(&self) -> u64 {
+        self.sent - self.answered
     }
+}
+
+/// Clients per resolution, serialised as a JSON object in ladder order: `{"224": 3, "192": 1}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PerResolution(pub Vec<(u16, usize)>);
+
+impl Serialize for PerResolution {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (r, n) in &self.0 {
+            m.serialize_entry(&r.to_string(), n)?;
+        }
+        m.end()
+    }
+}
+
+/// `clients` in the summary.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClientsSummary {
+    /// Clients running at the end of the run.
+    #[serde(rename = "final")]
+    pub final_count: usize,
+    pub resolutions: PerResolution,
 }
 
 pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
@@ -101,7 +104,8 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn opt(v: Option<f64>) -> String {
+/// A CSV cell: three decimals, or empty when there is no figure.
+fn csv_cell(v: Option<f64>) -> String {
     v.map(|x| format!("{x:.3}")).unwrap_or_default()
 }
 
@@ -113,7 +117,7 @@ pub fn write_csv(path: &Path, rows: &[Row], model_names: &[String]) -> Result<()
 /// [`write_csv`], plus with a fleet (its resolution ladder and its rows, one per server row) the
 /// client-observed `client_p50_ms, client_p99_ms` and one column per resolution (`r_224`, …:
 /// clients at that resolution).
-pub fn write_csv_with_fleet(path: &Path, rows: &[Row], model_names: &[String], fleet: Option<(&[u16], &[FleetRow])>) -> Result<()> {
+pub fn write_csv_with_fleet(path: &Path, rows: &[Row], model_names: &[String], fleet: Option<(&[u16], &[Row])>) -> Result<()> {
     let mut out = Vec::new();
     write!(out, "t_s,clients,rps,mean_accuracy,p50_ms,p99_ms")?;
     for name in model_names {
@@ -125,14 +129,14 @@ pub fn write_csv_with_fleet(path: &Path, rows: &[Row], model_names: &[String], f
     }
     writeln!(out)?;
     for (i, r) in rows.iter().enumerate() {
-        write!(out, "{:.3},{},{:.2},{},{},{}", r.t_s, r.clients, r.rps, opt(r.mean_accuracy), opt(r.p50_ms), opt(r.p99_ms))?;
+        write!(out, "{:.3},{},{:.2},{},{},{}", r.t_s, r.clients, r.rps, csv_cell(r.mean_accuracy), csv_cell(r.p50_ms), csv_cell(r.p99_ms))?;
         for d in &r.queue_depths {
             write!(out, ",{d}")?;
         }
         if let Some((resolutions, fleet_rows)) = fleet {
             match fleet_rows.get(i) {
                 Some(f) => {
-                    write!(out, ",{},{}", opt(f.p50_ms), opt(f.p99_ms))?;
+                    write!(out, ",{},{}", csv_cell(f.p50_ms), csv_cell(f.p99_ms))?;
                     resolution_cells(&mut out, &f.per_resolution)?;
                 }
                 None => write!(out, ",,{}", ",".repeat(resolutions.len()))?,
@@ -145,13 +149,23 @@ pub fn write_csv_with_fleet(path: &Path, rows: &[Row], model_names: &[String], f
 
 /// The fleet's own time series (`edgeinfer client`, no server here): `t_s, clients, rps,
 /// mean_accuracy, p50_ms, p99_ms, errors` as the clients saw them, then `r_224`, ….
-pub fn write_fleet_csv(path: &Path, resolutions: &[u16], rows: &[FleetRow]) -> Result<()> {
+pub fn write_fleet_csv(path: &Path, resolutions: &[u16], rows: &[Row]) -> Result<()> {
     let mut out = Vec::new();
     write!(out, "t_s,clients,rps,mean_accuracy,p50_ms,p99_ms,errors")?;
     resolution_headers(&mut out, resolutions)?;
     writeln!(out)?;
     for f in rows {
-        write!(out, "{:.3},{},{:.2},{},{},{},{}", f.t_s, f.clients, f.rps, opt(f.mean_accuracy), opt(f.p50_ms), opt(f.p99_ms), f.errors)?;
+        write!(
+            out,
+            "{:.3},{},{:.2},{},{},{},{}",
+            f.t_s,
+            f.clients,
+            f.rps,
+            csv_cell(f.mean_accuracy),
+            csv_cell(f.p50_ms),
+            csv_cell(f.p99_ms),
+            f.errors
+        )?;
         resolution_cells(&mut out, &f.per_resolution)?;
         writeln!(out)?;
     }
@@ -171,6 +185,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn resolutions_serialise_in_ladder_order() {
+        let c = ClientsSummary { final_count: 4, resolutions: PerResolution(vec![(224, 3), (96, 1)]) };
+        assert_eq!(serde_json::to_string(&c).unwrap(), r#"{"final":4,"resolutions":{"224":3,"96":1}}"#);
+    }
+
+    #[test]
     fn csv_has_header_and_one_column_per_queue() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("ts.csv");
@@ -186,6 +206,7 @@ mod tests {
             errors: 0,
             overloaded: 0,
             slo_attainment: None,
+            per_resolution: vec![],
         };
         write_csv(&p, &[row], &["a".into(), "b".into()]).unwrap();
         let text = std::fs::read_to_string(&p).unwrap();
@@ -210,8 +231,9 @@ mod tests {
             errors: 0,
             overloaded: 0,
             slo_attainment: None,
+            per_resolution: vec![],
         };
-        let f = FleetRow { t_s: 1.0, clients: 3, rps: 9.0, mean_accuracy: None, p50_ms: Some(120.0), p99_ms: None, errors: 0, per_resolution: vec![2, 1] };
+        let f = Row { t_s: 1.0, clients: 3, rps: 9.0, p50_ms: Some(120.0), per_resolution: vec![2, 1], ..Row::default() };
         let rows = [row.clone(), row];
         write_csv_with_fleet(&p, &rows, &["a".into()], Some((&[224, 96], std::slice::from_ref(&f)))).unwrap();
         let text = std::fs::read_to_string(&p).unwrap();

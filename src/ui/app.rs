@@ -1,6 +1,7 @@
 //! The console application: turns key presses into actions and actions into `Control` calls,
-//! closes a telemetry interval once a second (the console plays the headless loop's part: only
-//! one of them runs in a process), and redraws about `ui.fps` times a second from snapshots.
+//! has the node close a telemetry interval once a second (the console plays the headless loop's
+//! part: only one of them runs in a process), and redraws about `ui.fps` times a second from
+//! snapshots.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,10 +13,10 @@ use ratatui::{Frame, Terminal};
 
 use super::action::Action;
 use super::components::{self, View};
+use super::config::UiConfig;
 use super::keymap::KeyMap;
 use super::state::{NodeInfo, UiState};
 use super::theme::Theme;
-use crate::config::UiConfig;
 use crate::control::Control;
 
 /// Period of the time-series rows; the chart's x axis counts them as seconds.
@@ -45,13 +46,13 @@ impl App {
     pub fn new(node: NodeInfo, control: Arc<Control>, ui: &UiConfig, theme: Option<&str>) -> App {
         let keymap = KeyMap::from_config(&ui.keys).unwrap_or_else(|e| {
             // Config validation already refuses bad maps; this only guards direct construction.
-            control.telemetry.event(format!("key map invalid ({e}); using the default keys"));
+            control.telemetry.problem(format!("key map invalid ({e}); using the default keys"));
             KeyMap::default()
         });
         let name = theme.unwrap_or(&ui.theme);
         let (theme, why) = Theme::load(&ui.themes_dir, name);
         if let Some(why) = why {
-            control.telemetry.event(why);
+            control.telemetry.problem(why);
         }
         App {
             node,
@@ -92,7 +93,7 @@ impl App {
             }
             Action::AddClients(_) | Action::RemoveClients(_) | Action::ToggleRamp | Action::TogglePause => {
                 let Some(fleet) = self.control.fleet() else {
-                    tele.event("no built-in fleet attached: client keys (add/remove/ramp/pause) do nothing");
+                    tele.problem("no built-in fleet attached: client keys (add/remove/ramp/pause) do nothing");
                     return;
                 };
                 // The fleet logs each change as an event itself (headless runs need that too).
@@ -109,7 +110,7 @@ impl App {
                 let next = self.themes.iter().position(|n| *n == self.theme.name).map_or(0, |i| (i + 1) % self.themes.len());
                 let (theme, why) = Theme::load(&self.themes_dir, &self.themes[next]);
                 if let Some(why) = why {
-                    tele.event(why);
+                    tele.problem(why);
                 }
                 self.theme = theme;
             }
@@ -123,13 +124,11 @@ impl App {
         }
     }
 
-    /// Closes a telemetry interval when one is due.
-    pub fn tick_if_due(&mut self, now: Instant) {
+    /// Has `tick` close a telemetry interval when one is due.
+    pub fn tick_if_due(&mut self, now: Instant, tick: &mut impl FnMut()) {
         if now.duration_since(self.last_tick) >= TICK {
             self.last_tick = now;
-            let depths = self.control.dispatcher.snapshot().iter().map(|q| q.depth).collect();
-            let clients = self.control.fleet().map_or(0, |f| f.snapshot().clients.len());
-            self.control.telemetry.tick(depths, clients);
+            tick();
         }
     }
 
@@ -151,18 +150,20 @@ impl App {
         components::draw(f, state, &view);
     }
 
-    /// The loop: input (via `next_event`, which waits at most the given time), a telemetry tick
-    /// each second, a frame every `self.frame`. Returns on quit or when `stop()` says so.
+    /// The loop: input (via `next_event`, which waits at most the given time), `tick` (the
+    /// node's: it closes a telemetry interval) each second, a frame every `self.frame`. Returns
+    /// on quit or when `stop()` says so.
     pub fn run<B: Backend>(
         &mut self,
         terminal: &mut Terminal<B>,
         mut next_event: impl FnMut(Duration) -> std::io::Result<Option<Event>>,
+        mut tick: impl FnMut(),
         stop: impl Fn() -> bool,
     ) -> std::io::Result<()> {
         let mut next_frame = Instant::now();
         while !self.quit && !stop() {
             let now = Instant::now();
-            self.tick_if_due(now);
+            self.tick_if_due(now, &mut tick);
             if now >= next_frame {
                 let state = self.state();
                 terminal.draw(|f| self.draw(f, &state))?;
@@ -179,4 +180,3 @@ impl App {
         Ok(())
     }
 }
-

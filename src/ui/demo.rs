@@ -34,7 +34,14 @@ impl FleetControl for StandInFleet {
             let id = s.clients.last().map_or(1, |c| c.id + 1);
             let r = id as usize % k;
             let resolution = s.resolutions.get(r).copied().unwrap_or(0);
-            s.clients.push(ClientView { id, resolution, last_latency_ms: Some(5.0 + r as f64), requests: id as u64 * 3, errors: 0, last_label: None });
+            s.clients.push(ClientView {
+                id,
+                resolution,
+                last_latency_ms: Some(5.0 + r as f64),
+                requests: id as u64 * 3,
+                errors: 0,
+                last_label: None,
+            });
             if let Some(c) = s.per_resolution.get_mut(r) {
                 *c += 1;
             }

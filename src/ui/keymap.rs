@@ -56,9 +56,7 @@ impl Key {
                 "tab" => KeyCode::Tab,
                 "backspace" => KeyCode::Backspace,
                 "space" => KeyCode::Char(' '),
-                f if f.starts_with('f') && f[1..].parse::<u8>().is_ok_and(|n| (1..=12).contains(&n)) => {
-                    KeyCode::F(f[1..].parse().unwrap_or(1))
-                }
+                f if f.starts_with('f') && f[1..].parse::<u8>().is_ok_and(|n| (1..=12).contains(&n)) => KeyCode::F(f[1..].parse().unwrap_or(1)),
                 _ => return Err(format!("unknown key {s:?} (use e.g. \"q\", \"+\", \"Up\", \"PageDown\", \"F1\", \"Ctrl-c\")")),
             },
         };

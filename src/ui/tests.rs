@@ -8,9 +8,9 @@ use ratatui::backend::TestBackend;
 use ratatui::Terminal;
 
 use super::app::App;
+use super::config::UiConfig;
 use super::demo::StandInFleet;
 use super::state::NodeInfo;
-use crate::config::UiConfig;
 use crate::control::{Control, FleetControl};
 use crate::dispatch::{policy::Paper, Dispatcher};
 use crate::protocol::{Status, Timings};
@@ -231,4 +231,31 @@ fn client_table_scrolls() {
     assert!(first_row(&screen(&a, 120, 40)).starts_with("│51 "));
     a.handle_key(&KeyEvent::new(KeyCode::Char('k'), KeyModifiers::NONE));
     assert!(first_row(&screen(&a, 120, 40)).starts_with("│41 "));
+}
+
+#[test]
+fn event_colours_follow_the_kind_not_the_words() {
+    let c = control();
+    // An ordinary event whose words used to read as a problem, and a problem worded plainly.
+    c.telemetry.event("fleet → 127.0.0.1:7878: the error-free uplink is off");
+    c.telemetry.problem("T change to 80.0 ms declined");
+    let a = app(c);
+    let mut term = Terminal::new(TestBackend::new(120, 40)).unwrap();
+    let state = a.state();
+    term.draw(|f| a.draw(f, &state)).unwrap();
+    let buf = term.backend().buffer();
+    // The colour of the first character of the line's text (after the time column).
+    let colour_of = |needle: &str| {
+        let (x, y) = (0..40u16)
+            .find_map(|y| {
+                let line: String = (0..120u16).map(|x| buf[(x, y)].symbol().to_string()).collect();
+                let at = line.find(needle)?;
+                Some((line[..at].chars().count() as u16, y))
+            })
+            .unwrap_or_else(|| panic!("{needle:?} not on screen"));
+        buf[(x, y)].fg
+    };
+    assert_eq!(colour_of("fleet → 127.0.0.1"), a.theme.foreground, "an info event is not a warning, whatever its words");
+    assert_eq!(colour_of("T change to 80.0 ms declined"), a.theme.warn, "a problem is a warning, whatever its words");
+    assert_ne!(a.theme.foreground, a.theme.warn);
 }

@@ -111,10 +111,15 @@ pub fn sleeper_engine(cfg: &Config, ladder: &[(f64, f32)], workers: usize, runs:
     let backend = backend::init(&cfg.engine).unwrap();
     let specs = ladder.iter().enumerate().map(|(i, (_, a))| stand_in_spec(&format!("m{i}"), *a)).collect();
     let sets = (0..workers)
-        .map(|_| ladder.iter().map(|(ms, _)| Box::new(Sleeper { cost: Duration::from_secs_f64(ms / 1e3), runs: runs.clone() }) as Box<dyn Infer>).collect())
+        .map(|_| {
+            ladder
+                .iter()
+                .map(|(ms, _)| Box::new(Sleeper { cost: Duration::from_secs_f64(ms / 1e3), runs: runs.clone() }) as Box<dyn Infer>)
+                .collect()
+        })
         .collect();
     let warmup = ladder.iter().map(|(ms, _)| ms * 1000.0).collect();
-    Engine::from_model_sets(cfg, backend, specs, sets, warmup).unwrap()
+    Engine::from_model_sets(&cfg.engine_settings(), backend, specs, sets, warmup).unwrap()
 }
 
 /// Stand-in rungs m0..m3 of 60, 10, 5 and 2.5 ms (declared 70, 60, 50, 40 %).

@@ -6,8 +6,9 @@ use ratatui::style::Style;
 use ratatui::widgets::{Bar, BarChart, BarGroup, Cell, Paragraph, Row, Table, Wrap};
 use ratatui::Frame;
 
-use super::{opt, panel, View};
+use super::{panel, View};
 use crate::control::FleetSnapshot;
+use crate::telemetry::fmt_opt as opt;
 use crate::ui::state::UiState;
 
 pub fn draw(f: &mut Frame, area: Rect, s: &UiState, v: &View) {

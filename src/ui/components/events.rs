@@ -1,5 +1,5 @@
 //! Events: T changes and refusals, fleet changes, the ramp, errors, backend fallback — newest
-//! at the bottom, problems in the warning colour.
+//! at the bottom, problems (by their kind, not their wording) in the warning colour.
 
 use ratatui::layout::Rect;
 use ratatui::style::Style;
@@ -8,9 +8,8 @@ use ratatui::widgets::Paragraph;
 use ratatui::Frame;
 
 use super::{panel, View};
+use crate::telemetry::EventKind;
 use crate::ui::state::UiState;
-
-const PROBLEMS: &[&str] = &["refused", "error", "fail", "fallback", "invalid", "not found", "no built-in fleet"];
 
 pub fn draw(f: &mut Frame, area: Rect, s: &UiState, v: &View) {
     let t = v.theme;
@@ -18,8 +17,10 @@ pub fn draw(f: &mut Frame, area: Rect, s: &UiState, v: &View) {
     let lines: Vec<Line> = s.events[s.events.len().saturating_sub(room)..]
         .iter()
         .map(|e| {
-            let lower = e.text.to_lowercase();
-            let style = if PROBLEMS.iter().any(|p| lower.contains(p)) { Style::default().fg(t.warn) } else { Style::default().fg(t.foreground) };
+            let style = match e.kind {
+                EventKind::Problem => Style::default().fg(t.warn),
+                EventKind::Info => Style::default().fg(t.foreground),
+            };
             Line::from(vec![Span::styled(format!("{:>6.0}s ", e.t_s), t.muted()), Span::styled(e.text.clone(), style)])
         })
         .collect();

@@ -7,7 +7,8 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::Paragraph;
 use ratatui::Frame;
 
-use super::{opt, panel, View};
+use super::{panel, View};
+use crate::telemetry::fmt_opt as opt;
 use crate::ui::state::UiState;
 
 fn uptime(s: f64) -> String {

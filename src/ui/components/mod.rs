@@ -42,11 +42,6 @@ pub fn panel<'b>(theme: &Theme, title: impl Into<ratatui::text::Line<'b>>) -> Bl
         .style(theme.base())
 }
 
-/// Formats an optional figure, "-" when there is none yet.
-pub fn opt(v: Option<f64>, digits: usize) -> String {
-    v.map(|x| format!("{x:.digits$}")).unwrap_or_else(|| "-".into())
-}
-
 pub fn draw(f: &mut Frame, s: &UiState, v: &View) {
     let area = f.area();
     f.render_widget(Block::default().style(v.theme.base()), area);

@@ -32,11 +32,7 @@ pub fn draw(f: &mut Frame, area: Rect, s: &UiState, v: &View) {
     // Fixed columns (acc, q, bar, ms, share), the 5 gaps between 6 columns and the borders.
     let name_w = area.width.saturating_sub(4 + 3 + bar_w + 6 + 4 + 5 + 2).max(6);
     let rows = s.queues.iter().map(|q| {
-        let style = if q.in_use {
-            Style::default().fg(t.in_use).add_modifier(Modifier::BOLD)
-        } else {
-            Style::default().fg(t.foreground)
-        };
+        let style = if q.in_use { Style::default().fg(t.in_use).add_modifier(Modifier::BOLD) } else { Style::default().fg(t.foreground) };
         Row::new(vec![
             Cell::from(fit_tail(&q.name, name_w as usize)),
             Cell::from(format!("{:.1}", q.accuracy)),

@@ -15,11 +15,13 @@ use ratatui::Terminal;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::app::App;
-use super::demo::StandInFleet;
-use super::state::NodeInfo;
+use crate::cmd::console::{cpu_share, thread_cpu};
 use crate::config::Config;
+use crate::control::FleetControl;
 use crate::service::Service;
+use crate::ui::app::App;
+use crate::ui::demo::StandInFleet;
+use crate::ui::state::NodeInfo;
 
 #[derive(Debug, Clone, Copy)]
 pub struct BenchOptions {
@@ -48,22 +50,20 @@ pub struct ConsoleBench {
 
 pub fn run(runtime: &tokio::runtime::Runtime, config: Config, o: BenchOptions) -> Result<ConsoleBench> {
     let ui = config.ui.clone();
-    let fleet_cfg = config.fleet.clone();
-    let service = runtime.block_on(Service::start(crate::service::binary_only(config)))?;
+    let mut service = runtime.block_on(Service::start(crate::service::binary_only(config)))?;
     let control = service.control.clone();
     // The real built-in fleet, as the console runs it; a stand-in only if it cannot start.
-    let real = runtime
-        .block_on(crate::fleet::Fleet::start(&fleet_cfg, service.addr, Some(service.telemetry.clone())))
-        .inspect_err(|e| tracing::warn!("built-in fleet unavailable ({e:#}); listing a stand-in"))
-        .ok();
-    let (fleet, fleet_kind): (Arc<dyn crate::control::FleetControl>, &'static str) = match &real {
-        Some(f) => (f.clone(), "built-in"),
+    let real =
+        runtime.block_on(service.start_fleet()).inspect_err(|e| tracing::warn!("built-in fleet unavailable ({e:#}); listing a stand-in")).ok();
+    let (fleet, fleet_kind): (Arc<dyn FleetControl>, &'static str) = match real {
+        Some(f) => (f, "built-in"),
         None => {
             let t = control.bound_ms();
-            (Arc::new(StandInFleet::new(vec![224, 192, 160, 128], t * 1.6, t * 3.0)), "stand-in")
+            let stand_in: Arc<dyn FleetControl> = Arc::new(StandInFleet::new(vec![224, 192, 160, 128], t * 1.6, t * 3.0));
+            control.attach_fleet(stand_in.clone());
+            (stand_in, "stand-in")
         }
     };
-    control.attach_fleet(fleet.clone());
     fleet.add_clients(o.clients);
     let stop = CancellationToken::new();
     let load = if fleet_kind == "stand-in" { o.load } else { 0 };
@@ -73,21 +73,25 @@ pub fn run(runtime: &tokio::runtime::Runtime, config: Config, o: BenchOptions) -
     let mut app = App::new(NodeInfo::of(&service.engine, service.addr), control.clone(), &ui, None);
     let mut terminal = Terminal::new(TestBackend::new(o.width, o.height))?;
     let secs = Duration::try_from_secs_f64(o.secs.max(1.0))?;
-    let (cpu0, wall0) = (super::thread_cpu(), Instant::now());
+    let (cpu0, wall0) = (thread_cpu(), Instant::now());
     let input = |t: Duration| {
         std::thread::sleep(t);
         Ok(None)
     };
-    app.run(&mut terminal, input, || wall0.elapsed() >= secs)?;
-    let cpu = super::cpu_share(cpu0, wall0);
+    app.run(
+        &mut terminal,
+        input,
+        || {
+            service.tick();
+        },
+        || wall0.elapsed() >= secs,
+    )?;
+    let cpu = cpu_share(cpu0, wall0);
     // Counted while the clients still run: the fleet is empty once shut down.
     let listed = fleet.snapshot().clients.len();
     let wall = wall0.elapsed().as_secs_f64();
     stop.cancel();
     let requests = service.telemetry.totals().requests;
-    if let Some(f) = &real {
-        runtime.block_on(f.shutdown());
-    }
     runtime.block_on(service.stop());
     Ok(ConsoleBench {
         seconds: wall,
@@ -122,8 +126,16 @@ async fn send_loop(addr: std::net::SocketAddr, id: u32, stop: CancellationToken)
 impl std::fmt::Display for ConsoleBench {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let cpu = self.console_cpu_pct.map_or("n/a (no /proc/thread-self)".into(), |c| format!("{c:.2}% of one core"));
-        writeln!(f, "console: {} clients ({} fleet), {} load connections, screen {}", self.clients, self.fleet, self.load_connections, self.screen)?;
-        writeln!(f, "console: {:.1} s, {} frames ({:.1} fps), {} requests served meanwhile", self.seconds, self.frames, self.fps, self.requests)?;
+        writeln!(
+            f,
+            "console: {} clients ({} fleet), {} load connections, screen {}",
+            self.clients, self.fleet, self.load_connections, self.screen
+        )?;
+        writeln!(
+            f,
+            "console: {:.1} s, {} frames ({:.1} fps), {} requests served meanwhile",
+            self.seconds, self.frames, self.fps, self.requests
+        )?;
         write!(f, "console thread CPU: {cpu}")
     }
 }

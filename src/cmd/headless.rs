@@ -3,17 +3,14 @@
 //! With `--clients`/`--ramp`, the built-in fleet runs against the server's own listener.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
 
 use crate::config::Config;
-use crate::fleet::stats::FleetRow;
-use crate::fleet::Fleet;
-use crate::service::Service;
-use crate::telemetry::summary::{self, Summary};
-use crate::telemetry::Row;
+use crate::service::{Report, Service, Tick};
+use crate::telemetry::summary::Summary;
+use crate::telemetry::{fmt_opt, Row};
 
 #[derive(Debug, Clone, Default)]
 pub struct HeadlessOptions {
@@ -22,62 +19,26 @@ pub struct HeadlessOptions {
     pub timeseries: Option<PathBuf>,
 }
 
-/// What a headless run produced, for callers that want more than the files (tests).
-#[derive(Debug)]
-pub struct Report {
-    pub summary: Summary,
-    pub rows: Vec<Row>,
-    /// The fleet's time series, row for row with `rows`; empty without a fleet.
-    pub fleet_rows: Vec<FleetRow>,
-}
-
 pub async fn run(config: Config, opts: HeadlessOptions) -> Result<Report> {
     let service = Service::start(config).await?;
     print_banner(&service);
     drive(service, opts).await
 }
 
-/// Runs a started service until the deadline or a signal, with the fleet when the config asks
-/// for one, then stops both (the fleet first, so every request it sent is answered).
-pub async fn drive(service: Service, opts: HeadlessOptions) -> Result<Report> {
+/// Runs a started node until the deadline or a signal, with the built-in fleet when the config
+/// asks for one, a status line per interval; then stops it and writes what was asked.
+pub async fn drive(mut service: Service, opts: HeadlessOptions) -> Result<Report> {
     let interval = Duration::from_millis(service.config.headless.status_interval_ms);
-    let fc = &service.config.fleet;
-    let fleet = if fc.clients > 0 || fc.ramp_at_start {
-        let f = Fleet::start(fc, service.addr, Some(service.telemetry.clone())).await?;
-        service.control.attach_fleet(f.clone());
-        Some(f)
-    } else {
-        None
-    };
-    let tick = |fleet: &Option<Arc<Fleet>>| {
-        let depths = service.engine.dispatcher.snapshot().iter().map(|q| q.depth).collect();
-        let row = service.telemetry.tick(depths, fleet.as_ref().map_or(0, |f| f.count()));
-        match fleet {
-            Some(f) => say(&format!("{}{}", status_line(&row), fleet_suffix(&f.tick(), f.resolutions()))),
-            None => say(&status_line(&row)),
-        }
-    };
-    run_until(interval, opts.duration, || tick(&fleet)).await;
-    let clients = fleet.as_ref().map(|f| f.clients_summary());
-    if let Some(f) = &fleet {
-        f.shutdown().await;
-    }
-    let telemetry = service.telemetry.clone();
-    let engine = service.engine.clone();
-    service.stop().await;
+    service.start_configured_fleet().await?;
+    let resolutions = service.fleet().map(|f| f.resolutions().to_vec()).unwrap_or_default();
+    run_until(interval, opts.duration, || say(&tick_line(&service.tick(), &resolutions))).await;
+    let report = service.stop().await;
     // The last row: what was answered while stopping.
-    let last = telemetry.tick(engine.dispatcher.snapshot().iter().map(|q| q.depth).collect(), 0);
-    let last_fleet = fleet.as_ref().map(|f| f.tick());
-    say(&format!("{}{}", status_line(&last), last_fleet.as_ref().zip(fleet.as_ref()).map(|(r, f)| fleet_suffix(r, f.resolutions())).unwrap_or_default()));
-    let mut sum = summary::build(&engine, &telemetry);
-    if let Some(f) = &fleet {
-        sum.client_latency_ms = Some(f.stats().latency());
-        sum.client_requests = Some(f.counts());
-        sum.clients = clients;
+    if let Some(server) = report.rows.last() {
+        say(&tick_line(&Tick { server: server.clone(), fleet: report.fleet_rows.last().cloned() }, &resolutions));
     }
-    say(&done_line(&sum));
-    if let (Some(f), Some(lat)) = (&fleet, &sum.client_latency_ms) {
-        let c = f.counts();
+    say(&done_line(&report.summary));
+    if let (Some(c), Some(lat)) = (&report.summary.client_requests, &report.summary.client_latency_ms) {
         say(&format!(
             "edgeinfer: fleet: {} sent, {} answered, {} errors, {} unanswered, client p50 {} ms p99 {} ms",
             c.sent,
@@ -88,17 +49,8 @@ pub async fn drive(service: Service, opts: HeadlessOptions) -> Result<Report> {
             fmt_opt(lat.p99, 1)
         ));
     }
-    if let Some(p) = &opts.summary {
-        summary::write_json(p, &sum)?;
-    }
-    let rows = telemetry.rows();
-    let fleet_rows = fleet.as_ref().map(|f| f.rows()).unwrap_or_default();
-    if let Some(p) = &opts.timeseries {
-        let names: Vec<String> = engine.ladder.iter().map(|m| m.name.clone()).collect();
-        let fleet_series = fleet.as_ref().map(|f| (f.resolutions(), fleet_rows.as_slice()));
-        summary::write_csv_with_fleet(p, &rows, &names, fleet_series)?;
-    }
-    Ok(Report { summary: sum, rows, fleet_rows })
+    report.write_files(opts.summary.as_deref(), opts.timeseries.as_deref())?;
+    Ok(report)
 }
 
 /// Calls `on_tick` every `interval` until `duration` has passed or a stop signal arrives.
@@ -134,7 +86,10 @@ fn print_banner(s: &Service) {
     let e = &s.engine;
     say(&format!("edgeinfer: listening on {}", s.addr));
     if let Some(a) = s.http_addr {
-        say(&format!("edgeinfer: Open Inference Protocol on http://{a}/v2 (models {}), metrics on http://{a}/metrics", s.oip.model_names().join(", ")));
+        say(&format!(
+            "edgeinfer: Open Inference Protocol on http://{a}/v2 (models {}), metrics on http://{a}/metrics",
+            s.oip.model_names().join(", ")
+        ));
     }
     if let Some(a) = s.grpc_addr {
         say(&format!("edgeinfer: Open Inference Protocol over gRPC on {a}"));
@@ -150,7 +105,7 @@ fn print_banner(s: &Service) {
 }
 
 /// The closing line of a run (headless and console).
-pub fn done_line(sum: &summary::Summary) -> String {
+pub fn done_line(sum: &Summary) -> String {
     format!(
         "edgeinfer: done: {} requests, {} errors, mean accuracy {}, p99 {} ms, SLO attainment {}",
         sum.requests,
@@ -161,8 +116,12 @@ pub fn done_line(sum: &summary::Summary) -> String {
     )
 }
 
-pub fn fmt_opt(v: Option<f64>, digits: usize) -> String {
-    v.map(|x| format!("{x:.digits$}")).unwrap_or_else(|| "-".into())
+/// The server's status line, with the fleet's view appended when it runs.
+fn tick_line(t: &Tick, resolutions: &[u16]) -> String {
+    match &t.fleet {
+        Some(f) => format!("{}{}", status_line(&t.server), fleet_suffix(f, resolutions)),
+        None => status_line(&t.server),
+    }
 }
 
 /// `[   12s] clients    8 | rps   85.0 | acc 68.12 | p50 8.3 ms p99 32.0 ms | err 0 | q 2 1 0 ...`
@@ -183,11 +142,11 @@ pub fn interval_line(t_s: f64, clients: usize, rps: f64, acc: Option<f64>, p50: 
 }
 
 /// The fleet's view appended to the server's line: ` | client p50 120.3 ms p99 250.0 ms | res 224:3 192:1 …`
-pub fn fleet_suffix(r: &FleetRow, resolutions: &[u16]) -> String {
+pub fn fleet_suffix(r: &Row, resolutions: &[u16]) -> String {
     format!(" | client p50 {:>6} ms p99 {:>6} ms | res {}", fmt_opt(r.p50_ms, 1), fmt_opt(r.p99_ms, 1), per_resolution(r, resolutions))
 }
 
 /// `224:3 192:1 160:0`
-pub fn per_resolution(r: &FleetRow, resolutions: &[u16]) -> String {
+pub fn per_resolution(r: &Row, resolutions: &[u16]) -> String {
     resolutions.iter().zip(&r.per_resolution).map(|(res, n)| format!("{res}:{n}")).collect::<Vec<_>>().join(" ")
 }

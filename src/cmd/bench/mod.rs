@@ -1,9 +1,13 @@
-//! `edgeinfer bench models`: the paper's Figure 1 as a table. For every ladder model, the
-//! declared accuracy and the inference time on this machine and backend, measured twice: in a
-//! bare `session.run` loop, and through the executor's own path to a model (`worker::execute`).
+//! The benches, `edgeinfer bench …`, one module each; `bench models` is this one: the paper's
+//! Figure 1 as a table. For every ladder model, the declared accuracy and the inference time on
+//! this machine and backend, measured twice: in a bare `session.run` loop, and through the
+//! executor's own path to a model (`worker::execute`).
 
 use std::time::Instant;
 
+pub mod connections;
+pub mod console;
+pub mod fleet;
 pub mod frontends;
 pub mod overhead;
 
@@ -52,7 +56,7 @@ pub fn run_models(cfg: &Config, iterations: usize) -> Result<BenchReport> {
     let iterations = iterations.max(1);
     let info = backend::init(&cfg.engine)?;
     let mut ladder = Ladder::load(&cfg.models.manifest)?;
-    ladder.ensure_files(&crate::config::data_dir().join("models"))?;
+    ladder.ensure_files(&crate::dirs::data_dir().join("models"))?;
     let all_cores = cfg.engine.pool_workers();
     let mut models = Vec::new();
     for spec in &ladder.models {
@@ -167,88 +171,4 @@ pub fn table(r: &BenchReport) -> String {
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-#[derive(Debug, Serialize)]
-pub struct ConnectionsReport {
-    pub connections: usize,
-    pub opened: usize,
-    pub server_rss_before_kib: u64,
-    pub server_rss_after_kib: u64,
-    pub bytes_per_connection: f64,
-    pub still_open_after_hold: usize,
-    pub served_after: bool,
-}
-
-/// `edgeinfer bench connections`: starts a headless server as a child process (so each side
-/// has its own file-descriptor limit), opens `count` idle connections to it, holds them, and
-/// reports the server's resident memory before and after, per connection.
-pub async fn run_connections(config: Option<&std::path::Path>, count: usize, hold: std::time::Duration) -> Result<ConnectionsReport> {
-    use std::io::BufRead;
-    use tokio::io::AsyncReadExt;
-
-    let exe = std::env::current_exe()?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.args(["--headless", "--listen", "127.0.0.1:0"]);
-    if let Some(c) = config {
-        cmd.arg("--config").arg(c);
-    }
-    let mut child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn()?;
-    let stdout = child.stdout.take().expect("piped");
-    let mut lines = std::io::BufReader::new(stdout).lines();
-    let addr = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|l| l.strip_prefix("edgeinfer: listening on ").map(str::to_string))
-        .ok_or_else(|| anyhow::anyhow!("server child did not start"))?;
-    // Keep draining its status lines so the child never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    let pid = child.id();
-    let result = async {
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        let before = rss_kib(pid).unwrap_or(0);
-        let mut conns = Vec::with_capacity(count);
-        for _ in 0..count {
-            match tokio::net::TcpStream::connect(addr.as_str()).await {
-                Ok(s) => conns.push(s),
-                Err(e) => {
-                    eprintln!("connect failed after {} connections: {e}", conns.len());
-                    break;
-                }
-            }
-        }
-        let opened = conns.len();
-        tokio::time::sleep(hold).await;
-        let after = rss_kib(pid).unwrap_or(0);
-        // A connection the server closed reads EOF at once; an open idle one would block.
-        let mut still_open = 0;
-        for c in &mut conns {
-            let mut b = [0u8; 1];
-            if tokio::time::timeout(std::time::Duration::from_micros(1), c.read(&mut b)).await.is_err() {
-                still_open += 1;
-            }
-        }
-        drop(conns);
-        // The server still answers once the idle crowd is gone.
-        let mut probe = crate::client::Client::connect(addr.as_str(), 1).await?;
-        let png = {
-            let mut out = Vec::new();
-            image::RgbImage::new(64, 64).write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)?;
-            out
-        };
-        let served_after = probe.infer(png.into(), 64).await?.status == crate::protocol::Status::Ok;
-        Ok(ConnectionsReport {
-            connections: count,
-            opened,
-            server_rss_before_kib: before,
-            server_rss_after_kib: after,
-            bytes_per_connection: (after.saturating_sub(before) * 1024) as f64 / opened.max(1) as f64,
-            still_open_after_hold: still_open,
-            served_after,
-        })
-    }
-    .await;
-    let _ = child.kill();
-    let _ = child.wait();
-    result
 }

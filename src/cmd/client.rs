@@ -6,12 +6,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::stats::{ClientsSummary, Counts, FleetRow};
-use super::Fleet;
+use crate::cmd::headless::{interval_line, per_resolution, run_until, HeadlessOptions};
 use crate::config::Config;
-use crate::headless::{fmt_opt, interval_line, per_resolution, run_until, HeadlessOptions};
+use crate::fleet::Fleet;
 use crate::telemetry::summary;
-use crate::telemetry::LatencySummary;
+use crate::telemetry::summary::{ClientsSummary, Counts};
+use crate::telemetry::{fmt_opt, LatencySummary, Row};
 
 #[derive(Debug, Serialize)]
 pub struct ClientRunSummary {
@@ -72,7 +72,7 @@ pub async fn run(config: Config, connect: &str, opts: HeadlessOptions) -> Result
 }
 
 /// `[   12s] clients   40 | rps   85.0 | acc 68.12 | p50 120.3 ms p99 250.0 ms | err 0 | res 224:3 …`
-pub fn status_line(r: &FleetRow, resolutions: &[u16]) -> String {
+pub fn status_line(r: &Row, resolutions: &[u16]) -> String {
     let head = interval_line(r.t_s, r.clients, r.rps, r.mean_accuracy, r.p50_ms, r.p99_ms, r.errors);
     format!("{head} | res {}", per_resolution(r, resolutions))
 }

@@ -19,13 +19,14 @@ use anyhow::{Context, Result};
 use bytes::BytesMut;
 use serde::Serialize;
 
+use crate::cmd::headless::{self, HeadlessOptions};
 use crate::config::Config;
 use crate::dispatch::deadline::{self, Rung, View};
+use crate::dispatch::policy::PolicyName;
 use crate::engine::preprocess::{self, Preprocessor};
 use crate::engine::session::ModelSession;
 use crate::engine::{backend, warm_up};
 use crate::fleet::images::ImageSet;
-use crate::headless::{self, HeadlessOptions};
 use crate::models::{Ladder, ModelSpec};
 use crate::protocol::{Class, Request, Response, Status, Timings};
 use crate::service::Service;
@@ -93,7 +94,8 @@ fn stages(images: &ImageSet, level: usize, spec: &ModelSpec, ladder: &[ModelSpec
     let min_side = ladder.iter().map(|m| m.input.size).max().unwrap_or(0);
     let mut pre = Preprocessor::new();
     let mut tensor = Vec::new();
-    let rungs: Vec<Rung> = ladder.iter().enumerate().map(|(i, m)| Rung { cost_us: 400.0 * (ladder.len() - i) as f64, accuracy: m.accuracy as f64 }).collect();
+    let rungs: Vec<Rung> =
+        ladder.iter().enumerate().map(|(i, m)| Rung { cost_us: 400.0 * (ladder.len() - i) as f64, accuracy: m.accuracy as f64 }).collect();
     let mut hull = Vec::new();
     let (mut dec, mut rsz, mut nrm, mut dcs, mut frm, mut prev) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut diff = 0.0;
@@ -115,7 +117,14 @@ fn stages(images: &ImageSet, level: usize, spec: &ModelSpec, ladder: &[ModelSpec
         buf.clear();
         Request { request_id: i as u64, client_id: 1, resolution: 224, token: String::new(), image: jpeg.clone() }.encode(&mut buf);
         let req = Request::decode(buf.split().freeze()).expect("own request decodes");
-        let resp = Response { request_id: req.request_id, status: Status::Ok, message: String::new(), model: None, top: (0..5).map(|c| Class { index: c, score: 0.1, label: None }).collect(), timings: Timings::default() };
+        let resp = Response {
+            request_id: req.request_id,
+            status: Status::Ok,
+            message: String::new(),
+            model: None,
+            top: (0..5).map(|c| Class { index: c, score: 0.1, label: None }).collect(),
+            timings: Timings::default(),
+        };
         resp.encode(&mut buf);
         std::hint::black_box(Response::decode(&buf.split()).expect("own response decodes"));
         let t4 = Instant::now();
@@ -158,7 +167,7 @@ pub struct CheapestRun {
 /// is the saturation probe that `bench overhead` and `experiment` both read.
 pub async fn cheapest_run(cfg: &Config, clients: usize, resolution: Option<u16>, secs: f64) -> Result<CheapestRun> {
     let mut c = cfg.clone();
-    c.dispatch.policy = "static-cheapest".into();
+    c.dispatch.policy = PolicyName::StaticCheapest;
     c.server.listen = "127.0.0.1:0".parse().expect("literal address");
     // One row per second, so "skip the first two rows" is the first two seconds.
     c.headless.status_interval_ms = 1000;
@@ -169,7 +178,8 @@ pub async fn cheapest_run(cfg: &Config, clients: usize, resolution: Option<u16>,
         c.fleet.resolutions = vec![r];
     }
     let service = Service::start(crate::service::binary_only(c)).await?;
-    let report = headless::drive(service, HeadlessOptions { duration: Some(Duration::from_secs_f64(secs)), summary: None, timeseries: None }).await?;
+    let report =
+        headless::drive(service, HeadlessOptions { duration: Some(Duration::from_secs_f64(secs)), summary: None, timeseries: None }).await?;
     // The first two intervals are the start-up transient.
     let steady: Vec<f64> = report.rows.iter().skip(2).filter(|r| r.clients == clients).map(|r| r.rps).collect();
     let rps = if steady.is_empty() { report.summary.throughput_rps } else { steady.iter().sum::<f64>() / steady.len() as f64 };
@@ -182,7 +192,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, cfg: &Config, resolutions: &[u16],
     let cores = cfg.engine.pool_workers();
     backend::init(&cfg.engine)?;
     let mut ladder = Ladder::load(&cfg.models.manifest)?;
-    ladder.ensure_files(&crate::config::data_dir().join("models"))?;
+    ladder.ensure_files(&crate::dirs::data_dir().join("models"))?;
     let cheapest = ladder.models.last().context("empty ladder")?.clone();
     let mut session = ModelSession::load(&cheapest, cfg.engine.intra_threads)?;
     warm_up(&mut session, 5)?;
@@ -246,7 +256,12 @@ pub fn table(r: &OverheadReport) -> String {
 pub fn decision(cfg: Config, iters: usize) -> Result<(f64, f64)> {
     let ladder = Ladder::load(&cfg.models.manifest)?;
     let n = ladder.models.len();
-    let rungs: Vec<Rung> = ladder.models.iter().enumerate().map(|(i, m)| Rung { cost_us: 400.0 + 800.0 * (n - 1 - i) as f64, accuracy: m.accuracy as f64 }).collect();
+    let rungs: Vec<Rung> = ladder
+        .models
+        .iter()
+        .enumerate()
+        .map(|(i, m)| Rung { cost_us: 400.0 + 800.0 * (n - 1 - i) as f64, accuracy: m.accuracy as f64 })
+        .collect();
     let mut hull = Vec::with_capacity(n);
     let mut batches = Vec::new();
     let start = Instant::now();

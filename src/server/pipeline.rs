@@ -4,10 +4,10 @@
 
 use std::time::Instant;
 
+use super::Limits;
 use crate::engine::preprocess::ImageError;
 use crate::engine::{Answer, Engine, Failure};
 use crate::protocol::{Class, ModelRef, Request, Response, Status, Timings};
-use crate::server::Limits;
 use crate::telemetry::RequestRecord;
 
 /// Serves one decoded request. Never panics on input: every failure becomes a status.

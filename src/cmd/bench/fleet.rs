@@ -10,12 +10,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::stats::{ClientsSummary, Counts};
-use super::Fleet;
 use crate::config::Config;
 use crate::control::FleetControl;
+use crate::fleet::Fleet;
 use crate::service::Service;
-use crate::telemetry::LatencySummary;
+use crate::telemetry::summary::{ClientsSummary, Counts};
+use crate::telemetry::{fmt_opt, LatencySummary};
 
 #[derive(Debug, Serialize)]
 pub struct FleetBench {
@@ -41,21 +41,26 @@ pub struct FleetBench {
 
 /// Resident set size of this process, kB (Linux: /proc/self/status).
 pub fn rss_kb() -> Result<u64> {
-    crate::bench::rss_kib(std::process::id()).context("cannot read VmRSS from /proc/self/status")
+    super::rss_kib(std::process::id()).context("cannot read VmRSS from /proc/self/status")
 }
 
 pub async fn run(mut config: Config, clients: usize, secs: f64, warmup_s: f64, connect: Option<&str>) -> Result<FleetBench> {
     config.fleet.clients = 0;
     config.fleet.ramp_at_start = false;
-    let (service, addr) = match connect {
-        Some(a) => (None, tokio::net::lookup_host(a).await?.next().with_context(|| format!("{a} resolves to no address"))?),
+    // In this process, the fleet is the node's own (the node stops it first); against another
+    // server, it runs alone.
+    let (service, fleet, addr) = match connect {
+        Some(a) => {
+            let addr = tokio::net::lookup_host(a).await?.next().with_context(|| format!("{a} resolves to no address"))?;
+            (None, Fleet::start(&config.fleet, addr, None).await?, addr)
+        }
         None => {
-            let s = Service::start(crate::service::binary_only(config.clone())).await?;
+            let mut s = Service::start(crate::service::binary_only(config.clone())).await?;
+            let f = s.start_fleet().await?;
             let addr = s.addr;
-            (Some(s), addr)
+            (Some(s), f, addr)
         }
     };
-    let fleet = Fleet::start(&config.fleet, addr, service.as_ref().map(|s| s.telemetry.clone())).await?;
     let rss_before_kb = rss_kb()?;
     let place = if service.is_some() { "in-process server" } else { "server in another process" };
     eprintln!("edgeinfer: {clients} clients for {secs} s against {addr} ({place}; RSS before: {rss_before_kb} kB)");
@@ -71,17 +76,27 @@ pub async fn run(mut config: Config, clients: usize, secs: f64, warmup_s: f64, c
             rss_after_warmup_kb = Some(rss_kb()?);
         }
         let r = fleet.tick();
-        eprintln!("  [{:>5.1}s] clients {} rps {:.1} p50 {} ms errors {} rss {} kB", r.t_s, r.clients, r.rps, crate::headless::fmt_opt(r.p50_ms, 1), r.errors, rss_kb().unwrap_or(0));
+        eprintln!(
+            "  [{:>5.1}s] clients {} rps {:.1} p50 {} ms errors {} rss {} kB",
+            r.t_s,
+            r.clients,
+            r.rps,
+            fmt_opt(r.p50_ms, 1),
+            r.errors,
+            rss_kb().unwrap_or(0)
+        );
     }
     let rss_after_kb = rss_kb()?;
     let rss_after_warmup_kb = rss_after_warmup_kb.unwrap_or(rss_after_kb);
     let clients_at_end = fleet.clients_summary();
-    fleet.shutdown().await;
+    match service {
+        Some(s) => {
+            s.stop().await;
+        }
+        None => fleet.shutdown().await,
+    }
     let requests = fleet.counts();
     let client_latency_ms = fleet.stats().latency();
-    if let Some(s) = service {
-        s.stop().await;
-    }
     Ok(FleetBench {
         in_process_server: connect.is_none(),
         clients,
@@ -119,8 +134,8 @@ pub fn report(b: &FleetBench) -> String {
         b.requests.errors,
         b.unanswered,
         b.panics,
-        crate::headless::fmt_opt(b.client_latency_ms.p50, 1),
-        crate::headless::fmt_opt(b.client_latency_ms.p99, 1),
-        crate::headless::fmt_opt(b.client_latency_ms.max, 1),
+        fmt_opt(b.client_latency_ms.p50, 1),
+        fmt_opt(b.client_latency_ms.p99, 1),
+        fmt_opt(b.client_latency_ms.max, 1),
     )
 }

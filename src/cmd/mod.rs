@@ -3,10 +3,18 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub mod bench;
+pub mod client;
+pub mod console;
+pub mod experiment;
+pub mod headless;
+pub mod infer;
+
 use anyhow::{anyhow, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{BackendChoice, Config};
+use crate::dispatch::policy::PolicyName;
 
 #[derive(Debug, Parser)]
 #[command(name = "edgeinfer", version, about = "Adaptive inference server for the network edge", long_about = None)]
@@ -47,8 +55,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "MS")]
     pub latency_bound_ms: Option<f64>,
     /// Dispatch policy: deadline (default), paper, static-best, static-cheapest.
-    #[arg(long, value_name = "NAME")]
-    pub policy: Option<String>,
+    #[arg(long, value_name = "NAME", value_parser = parse_policy)]
+    pub policy: Option<PolicyName>,
     /// Stop after this many seconds.
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
@@ -152,8 +160,8 @@ pub enum Command {
         #[arg(long, value_name = "SECS")]
         every: Option<f64>,
         /// Policies to compare, comma-separated (default: all).
-        #[arg(long, value_name = "LIST", value_delimiter = ',')]
-        policies: Option<Vec<String>>,
+        #[arg(long, value_name = "LIST", value_delimiter = ',', value_parser = parse_policy)]
+        policies: Option<Vec<PolicyName>>,
         /// Skip the second scenario (emulated uplink, adapting clients).
         #[arg(long)]
         no_link: bool,
@@ -290,6 +298,11 @@ pub enum BenchCommand {
     },
 }
 
+/// A policy name, refused with the known ones (`PolicyName`'s own message).
+fn parse_policy(s: &str) -> Result<PolicyName, String> {
+    s.parse()
+}
+
 fn parse_backend(s: &str) -> Result<BackendChoice, String> {
     match s {
         "auto" => Ok(BackendChoice::Auto),
@@ -322,8 +335,8 @@ impl Cli {
         if let Some(t) = r.latency_bound_ms {
             c.dispatch.latency_bound_ms = t;
         }
-        if let Some(p) = &r.policy {
-            c.dispatch.policy = p.clone();
+        if let Some(p) = r.policy {
+            c.dispatch.policy = p;
         }
         let fleet = match &self.command {
             Some(Command::Client { fleet, latency_bound_ms, .. }) => {
@@ -344,8 +357,7 @@ impl Cli {
             Some(Command::Client { duration, .. }) => *duration,
             _ => self.run.duration,
         };
-        secs.map(|s| Duration::try_from_secs_f64(s).map_err(|_| anyhow!("--duration must be a non-negative number of seconds")))
-            .transpose()
+        secs.map(|s| Duration::try_from_secs_f64(s).map_err(|_| anyhow!("--duration must be a non-negative number of seconds"))).transpose()
     }
 }
 
@@ -366,14 +378,14 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match &cli.command {
         Some(Command::Infer { connect, json, token, images }) => {
-            let opts = crate::infer::InferOptions { connect: connect.clone(), images: images.clone(), json: *json, token: token.clone() };
-            let all_ok = runtime.block_on(crate::infer::run(opts))?;
+            let opts = self::infer::InferOptions { connect: connect.clone(), images: images.clone(), json: *json, token: token.clone() };
+            let all_ok = runtime.block_on(self::infer::run(opts))?;
             Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::from(2) })
         }
         Some(Command::Bench { what: BenchCommand::Models { iters, json } }) => {
             let cfg = cli.config()?;
-            let report = crate::bench::run_models(&cfg, *iters)?;
-            print!("{}", crate::bench::table(&report));
+            let report = self::bench::run_models(&cfg, *iters)?;
+            print!("{}", self::bench::table(&report));
             if let Some(p) = json {
                 crate::telemetry::summary::write_json(p, &report)?;
             }
@@ -381,15 +393,15 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
         }
         Some(Command::Bench { what: BenchCommand::Connections { count, hold } }) => {
             let hold = Duration::try_from_secs_f64(*hold).map_err(|_| anyhow!("--hold must be non-negative seconds"))?;
-            let report = runtime.block_on(crate::bench::run_connections(cli.config.as_deref(), *count, hold))?;
+            let report = runtime.block_on(self::bench::connections::run(cli.config.as_deref(), *count, hold))?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Bench { what: BenchCommand::Fleet { clients, secs, no_link, connect, warmup, json } }) => {
             let mut cfg = cli.config()?;
             cfg.fleet.link.enabled &= !*no_link;
-            let report = runtime.block_on(crate::fleet::bench::run(cfg, *clients, *secs, *warmup, connect.as_deref()))?;
-            print!("{}", crate::fleet::bench::report(&report));
+            let report = runtime.block_on(self::bench::fleet::run(cfg, *clients, *secs, *warmup, connect.as_deref()))?;
+            print!("{}", self::bench::fleet::report(&report));
             if let Some(p) = json {
                 crate::telemetry::summary::write_json(p, &report)?;
             }
@@ -398,63 +410,60 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
         }
         Some(Command::Client { connect, summary, timeseries, .. }) => {
             let cfg = cli.config()?;
-            let opts = crate::headless::HeadlessOptions { duration: cli.duration()?, summary: summary.clone(), timeseries: timeseries.clone() };
-            runtime.block_on(crate::fleet::standalone::run(cfg, connect, opts))?;
+            let opts = self::headless::HeadlessOptions { duration: cli.duration()?, summary: summary.clone(), timeseries: timeseries.clone() };
+            runtime.block_on(self::client::run(cfg, connect, opts))?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Experiment { out, quick, max_clients, step, every, policies, no_link }) => {
-            if let Some(bad) = policies.iter().flatten().find(|p| crate::dispatch::policy::mode(p).is_none()) {
-                return Err(anyhow!("unknown policy {bad:?}; known: {}", crate::dispatch::policy::NAMES.join(", ")));
-            }
-            let opts = crate::experiment::ExperimentOptions {
+            let opts = self::experiment::ExperimentOptions {
                 out: out.clone(),
                 quick: *quick,
                 max_clients: *max_clients,
                 step: *step,
                 every_s: *every,
-                policies: policies.clone(),
+                policies: policies.as_ref().map(|ps| ps.iter().map(|p| p.to_string()).collect()),
                 no_link: *no_link,
             };
-            let report = crate::experiment::run(&runtime, cli.config()?, &opts)?;
+            let report = self::experiment::run(&runtime, cli.config()?, &opts)?;
             println!("experiment: report written to {}", report.display());
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Bench { what: BenchCommand::Overhead { resolutions, iters, secs, json } }) => {
-            let report = crate::bench::overhead::run(&runtime, &cli.config()?, resolutions, (*iters).max(1), *secs)?;
-            print!("{}", crate::bench::overhead::table(&report));
+            let report = self::bench::overhead::run(&runtime, &cli.config()?, resolutions, (*iters).max(1), *secs)?;
+            print!("{}", self::bench::overhead::table(&report));
             if let Some(p) = json {
                 crate::telemetry::summary::write_json(p, &report)?;
             }
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Bench { what: BenchCommand::Frontends { clients, secs, json } }) => {
-            let report = crate::bench::frontends::run(&runtime, &cli.config()?, clients, *secs)?;
-            print!("{}", crate::bench::frontends::table(&report));
+            let report = crate::cmd::bench::frontends::run(&runtime, &cli.config()?, clients, *secs)?;
+            print!("{}", crate::cmd::bench::frontends::table(&report));
             if let Some(p) = json {
                 crate::telemetry::summary::write_json(p, &report)?;
             }
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Bench { what: BenchCommand::Decision { iters } }) => {
-            let (p50, mean) = crate::bench::overhead::decision(cli.config()?, (*iters).max(1))?;
+            let (p50, mean) = self::bench::overhead::decision(cli.config()?, (*iters).max(1))?;
             println!("deadline decision (hull + choice, 16-rung ladder): p50 {p50:.3} µs, mean {mean:.3} µs per call");
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Models { what: ModelsCommand::Fetch { family: Family::EfficientnetLite, out } }) => {
             let out = out.clone().unwrap_or_else(|| PathBuf::from("models/efficientnet-lite"));
-            let report = crate::models::fetch::efficientnet_lite(&out, &crate::config::data_dir())?;
+            let report = crate::models::fetch::efficientnet_lite(&out, &crate::dirs::data_dir())?;
             print!("{}", fetch_report(&report));
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Paths) => {
             let show = |p: Option<PathBuf>| p.map(|p| p.display().to_string()).unwrap_or_else(|| "(none)".into());
-            println!("user config: {}", show(crate::config::user_config_path()));
-            println!("data:        {}", crate::config::data_dir().display());
+            println!("user config: {}", show(crate::dirs::user_config_path()));
+            println!("data:        {}", crate::dirs::data_dir().display());
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Bench { what: BenchCommand::Console { secs, clients, load, json } }) => {
-            let opts = crate::ui::bench::BenchOptions { secs: *secs, clients: *clients, load: *load, width: 120, height: 40 };
-            let report = crate::ui::bench::run(&runtime, cli.config()?, opts)?;
+            let opts = self::bench::console::BenchOptions { secs: *secs, clients: *clients, load: *load, width: 120, height: 40 };
+            let report = self::bench::console::run(&runtime, cli.config()?, opts)?;
             println!("{report}");
             if let Some(p) = json {
                 crate::telemetry::summary::write_json(p, &report)?;
@@ -466,18 +475,24 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
             if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
                 anyhow::bail!("the console needs a terminal; use --headless for scripted runs");
             }
-            let opts = crate::ui::ConsoleOptions { duration: cli.duration()?, theme: cli.run.theme.clone(), log_path };
-            crate::ui::run(&runtime, cli.config()?, opts)?;
+            let opts = self::console::ConsoleOptions {
+                duration: cli.duration()?,
+                theme: cli.run.theme.clone(),
+                log_path,
+                summary: cli.run.summary.clone(),
+                timeseries: cli.run.timeseries.clone(),
+            };
+            self::console::run(&runtime, cli.config()?, opts)?;
             Ok(ExitCode::SUCCESS)
         }
         None => {
             let cfg = cli.config()?;
-            let opts = crate::headless::HeadlessOptions {
+            let opts = self::headless::HeadlessOptions {
                 duration: cli.duration()?,
                 summary: cli.run.summary.clone(),
                 timeseries: cli.run.timeseries.clone(),
             };
-            runtime.block_on(crate::headless::run(cfg, opts))?;
+            runtime.block_on(self::headless::run(cfg, opts))?;
             Ok(ExitCode::SUCCESS)
         }
     }

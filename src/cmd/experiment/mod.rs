@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::bench::{self, BenchReport};
+use crate::cmd::bench::{self, BenchReport};
+use crate::cmd::headless::{self, HeadlessOptions};
 use crate::config::Config;
-use crate::fleet::stats::FleetRow;
-use crate::headless::{self, HeadlessOptions, Report};
-use crate::service::Service;
+use crate::service::{Report, Service};
+use crate::telemetry::Row as FleetRow;
 use optimum::{optimum, optimum_within, Point};
 use plot::Panel;
 
@@ -266,7 +266,7 @@ fn link_ramp(quick: bool) -> Ramp {
 
 fn ramp_config(base: &Config, policy: &str, ramp: Ramp) -> Config {
     let mut c = base.clone();
-    c.dispatch.policy = policy.into();
+    c.dispatch.policy = policy.parse().expect("policy names are checked on the command line");
     c.server.listen = "127.0.0.1:0".parse().expect("literal address");
     c.headless.status_interval_ms = 1000;
     // The paper's evaluation: closed-loop clients added steadily, the compute as the bottleneck.
@@ -286,7 +286,13 @@ fn write_figure1(out: &Path, b: &BenchReport) -> Result<()> {
     }
     std::fs::write(out.join("figure1.csv"), csv)?;
     let pts: Vec<(f64, f64, String)> = b.models.iter().map(|m| (m.server_p50_ms, m.accuracy as f64, short(&m.name))).collect();
-    plot::scatter(&out.join("figure1_accuracy_vs_cost.svg"), "Declared top-1 accuracy vs measured inference time", "inference p50 (ms)", "top-1 accuracy (%)", &pts)?;
+    plot::scatter(
+        &out.join("figure1_accuracy_vs_cost.svg"),
+        "Declared top-1 accuracy vs measured inference time",
+        "inference p50 (ms)",
+        "top-1 accuracy (%)",
+        &pts,
+    )?;
     let width1: Vec<(f64, f64, String)> = b
         .models
         .iter()
@@ -295,7 +301,13 @@ fn write_figure1(out: &Path, b: &BenchReport) -> Result<()> {
         .collect();
     // Only a ladder with several width-1.0 resolutions (the default one) has this figure.
     if width1.len() >= 2 {
-        plot::scatter(&out.join("figure1_time_vs_pixels.svg"), "Inference time vs pixels, width 1.0", "pixels (thousands)", "inference p50 (ms)", &width1)?;
+        plot::scatter(
+            &out.join("figure1_time_vs_pixels.svg"),
+            "Inference time vs pixels, width 1.0",
+            "pixels (thousands)",
+            "inference p50 (ms)",
+            &width1,
+        )?;
     }
     Ok(())
 }
@@ -341,7 +353,14 @@ fn pct(v: Option<f64>) -> String {
     v.map(|x| format!("{:.1}%", x * 100.0)).unwrap_or_else(|| "–".into())
 }
 
-fn report_md(cfg: &Config, fig1: &BenchReport, sat: &Saturation, runs: &[PolicyRun], ramp: Ramp, link_runs: &[(&str, Vec<ClientLevel>, Report)]) -> String {
+fn report_md(
+    cfg: &Config,
+    fig1: &BenchReport,
+    sat: &Saturation,
+    runs: &[PolicyRun],
+    ramp: Ramp,
+    link_runs: &[(&str, Vec<ClientLevel>, Report)],
+) -> String {
     let workers = cfg.engine.pool_workers();
     let t = cfg.dispatch.latency_bound_ms;
     let points: Vec<Point> = fig1.models.iter().map(|m| Point { cost_ms: m.bare_p50_ms, accuracy: m.accuracy as f64 }).collect();
@@ -358,7 +377,8 @@ fn report_md(cfg: &Config, fig1: &BenchReport, sat: &Saturation, runs: &[PolicyR
         if fig1.synthetic_weights { "; the weights are synthetic (random), so they are declared, not measured" } else { "" }
     );
     let _ = writeln!(s, "## Figure 1: accuracy vs inference cost\n\n![](figure1_accuracy_vs_cost.svg)\n\n{}", bench::table(fig1));
-    let px: Vec<(f64, f64)> = fig1.models.iter().filter(|m| m.name.contains("_1.0_")).map(|m| ((m.input * m.input) as f64, m.server_p50_ms)).collect();
+    let px: Vec<(f64, f64)> =
+        fig1.models.iter().filter(|m| m.name.contains("_1.0_")).map(|m| ((m.input * m.input) as f64, m.server_p50_ms)).collect();
     if let Some((slope, icpt, r2)) = linear_fit(&px) {
         let _ = writeln!(
             s,
@@ -454,7 +474,14 @@ fn report_md(cfg: &Config, fig1: &BenchReport, sat: &Saturation, runs: &[PolicyR
                 let _ = writeln!(s, "| {} | {} | {} | {ok} | {} | {per} |", l.clients, f(l.p50_ms, 1), f(l.p99_ms, 1), f(l.accuracy, 2));
             }
             let sum = &report.summary;
-            let _ = writeln!(s, "\nServer side: SLO attainment {}, p99 {} ms, {} requests, {} errors.\n", f(sum.slo_attainment, 4), f(sum.latency_ms.p99, 1), sum.requests, sum.errors);
+            let _ = writeln!(
+                s,
+                "\nServer side: SLO attainment {}, p99 {} ms, {} requests, {} errors.\n",
+                f(sum.slo_attainment, 4),
+                f(sum.latency_ms.p99, 1),
+                sum.requests,
+                sum.errors
+            );
         }
     }
     s
@@ -478,6 +505,7 @@ mod tests {
             errors: 0,
             overloaded: 0,
             slo_attainment: Some(slo),
+            per_resolution: vec![],
         }
     }
 

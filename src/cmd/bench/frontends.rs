@@ -52,7 +52,7 @@ pub struct Report {
 
 pub fn run(runtime: &tokio::runtime::Runtime, cfg: &Config, clients: &[usize], secs: f64) -> Result<Report> {
     let mut c = cfg.clone();
-    c.dispatch.policy = "static-cheapest".into();
+    c.dispatch.policy = crate::dispatch::policy::PolicyName::StaticCheapest;
     c.server.listen = "127.0.0.1:0".parse().expect("literal address");
     c.server.http_listen = "127.0.0.1:0".into();
     c.server.grpc_listen = "127.0.0.1:0".into();
@@ -114,7 +114,14 @@ pub fn table(r: &Report) -> String {
 
 /// `clients` closed-loop clients of one protocol for `secs`: their merged round-trip
 /// histogram (µs), the errors, and the seconds it ran.
-async fn measure(p: Protocol, addrs: (SocketAddr, SocketAddr, SocketAddr), model: &str, image: &Bytes, clients: usize, secs: Duration) -> Result<(Histogram<u64>, u64, f64)> {
+async fn measure(
+    p: Protocol,
+    addrs: (SocketAddr, SocketAddr, SocketAddr),
+    model: &str,
+    image: &Bytes,
+    clients: usize,
+    secs: Duration,
+) -> Result<(Histogram<u64>, u64, f64)> {
     let start = Instant::now();
     let stop = start + secs;
     let tasks: Vec<_> = (0..clients)
@@ -214,8 +221,16 @@ pub fn grpc_request(model: &str, image: &[u8]) -> proto::ModelInferRequest {
     let k = proto::InferParameter { parameter_choice: Some(proto::infer_parameter::ParameterChoice::Int64Param(5)) };
     proto::ModelInferRequest {
         model_name: model.into(),
-        inputs: vec![proto::model_infer_request::InferInputTensor { name: "image".into(), datatype: "BYTES".into(), shape: vec![1], ..Default::default() }],
-        outputs: vec![proto::model_infer_request::InferRequestedOutputTensor { name: "probabilities".into(), parameters: [("classification".to_string(), k)].into() }],
+        inputs: vec![proto::model_infer_request::InferInputTensor {
+            name: "image".into(),
+            datatype: "BYTES".into(),
+            shape: vec![1],
+            ..Default::default()
+        }],
+        outputs: vec![proto::model_infer_request::InferRequestedOutputTensor {
+            name: "probabilities".into(),
+            parameters: [("classification".to_string(), k)].into(),
+        }],
         raw_input_contents: vec![crate::server::oip::bytes_to_raw(&[image.to_vec()])],
         ..Default::default()
     }
