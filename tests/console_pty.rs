@@ -99,6 +99,10 @@ fn console_starts_takes_keys_and_restores_the_terminal() {
     let s = tmux.wait_for("the console header", 180, |s| s.contains("T 50.0 ms"));
     let head = s.lines().find(|l| l.contains("backend ")).unwrap_or_else(|| panic!("no backend in header:\n{s}"));
     assert!(head.contains("onnxruntime") || head.contains("tract"), "{head}");
+    // The header names every address served on: the binary protocol, HTTP and gRPC.
+    for front in ["tcp 127.0.0.1:", "http 127.0.0.1:", "grpc 127.0.0.1:"] {
+        assert!(s.contains(front), "no {front:?} in the header:\n{s}");
+    }
     assert_eq!(tmux.run(&["display", "-p", "-t", "console", "#{alternate_on}"]).stdout, b"1\n");
 
     tmux.keys("+");

@@ -36,7 +36,10 @@ pub fn run(runtime: &tokio::runtime::Runtime, config: Config, opts: ConsoleOptio
     // The built-in fleet always runs under the console (with `fleet.clients`, often 0), so the
     // client keys have something to act on.
     runtime.block_on(service.start_fleet())?;
-    let mut app = App::new(NodeInfo::of(&service.engine, service.addr), service.control.clone(), &ui, opts.theme.as_deref());
+    let mut node = NodeInfo::of(&service.engine, service.addr);
+    // The header shows every address served on (binary protocol, HTTP, gRPC).
+    node.addr = service.endpoints();
+    let mut app = App::new(node, service.control.clone(), &ui, opts.theme.as_deref());
     app.log_path = opts.log_path;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
