@@ -189,7 +189,8 @@ pub async fn cheapest_run(cfg: &Config, clients: usize, resolution: Option<u16>,
 }
 
 pub fn run(runtime: &tokio::runtime::Runtime, cfg: &Config, resolutions: &[u16], iters: usize, secs: f64) -> Result<OverheadReport> {
-    let cores = cfg.engine.pool_workers();
+    // k is the machine's cores (the CPU the requests share), not the executor's threads.
+    let (cores, workers) = (crate::engine::config::cores(), cfg.engine.pool_workers());
     backend::init(&cfg.engine)?;
     let mut ladder = Ladder::load(&cfg.models.manifest)?;
     ladder.ensure_files(&crate::dirs::data_dir().join("models"))?;
@@ -206,8 +207,8 @@ pub fn run(runtime: &tokio::runtime::Runtime, cfg: &Config, resolutions: &[u16],
         };
         eprintln!("bench overhead: {r} px: stages…");
         let (stages, previous, diff) = stages(&images, 0, &cheapest, &ladder.models, iters);
-        eprintln!("bench overhead: {r} px: saturated static-cheapest, {} clients, {secs} s…", 16 * cores);
-        let rps = runtime.block_on(cheapest_run(cfg, 16 * cores, Some(r), secs))?.rps;
+        eprintln!("bench overhead: {r} px: saturated static-cheapest, {} clients, {secs} s…", 16 * workers);
+        let rps = runtime.block_on(cheapest_run(cfg, 16 * workers, Some(r), secs))?.rps;
         eprintln!("bench overhead: {r} px: one client, {secs} s…");
         let alone = runtime.block_on(cheapest_run(cfg, 1, Some(r), secs))?;
         rows.push(ResolutionRow {

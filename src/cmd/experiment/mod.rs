@@ -185,6 +185,9 @@ pub fn run(runtime: &tokio::runtime::Runtime, base: Config, opts: &ExperimentOpt
     let out = &opts.out;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let workers = base.engine.pool_workers();
+    // The yardstick's k is the machine's cores, not the executor's threads: the overhead o and
+    // the optimum are what the whole machine can do, however many threads run the models.
+    let cores = crate::engine::config::cores();
     let t = base.dispatch.latency_bound_ms;
     eprintln!("experiment: figure 1 (model costs)…");
     let fig1 = bench::run_models(&base, if opts.quick { 20 } else { 100 })?;
@@ -203,7 +206,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, base: Config, opts: &ExperimentOpt
         clients: probe_clients,
         rps,
         cheapest_ms,
-        overhead_ms: (workers as f64 * 1000.0 / rps.max(1e-9) - cheapest_ms).max(0.0),
+        overhead_ms: (cores as f64 * 1000.0 / rps.max(1e-9) - cheapest_ms).max(0.0),
         saturation_clients: rps * t / 1000.0,
     };
     eprintln!(
@@ -361,7 +364,7 @@ fn report_md(
     ramp: Ramp,
     link_runs: &[(&str, Vec<ClientLevel>, Report)],
 ) -> String {
-    let workers = cfg.engine.pool_workers();
+    let (workers, cores) = (cfg.engine.pool_workers(), crate::engine::config::cores());
     let t = cfg.dispatch.latency_bound_ms;
     let points: Vec<Point> = fig1.models.iter().map(|m| Point { cost_ms: m.bare_p50_ms, accuracy: m.accuracy as f64 }).collect();
     let goal_top = 0.9 * sat.saturation_clients;
@@ -369,7 +372,7 @@ fn report_md(
     let _ = writeln!(s, "# edgeinfer experiment report\n");
     let _ = writeln!(
         s,
-        "Machine: {workers} cores. Backend: {}. T = {t} ms. Ramp: +{} closed-loop clients every {} s up to {} (link emulation off, no think time); the first interval of each level is a transition and is left out. Accuracies are the published top-1 of the real models{}.\n",
+        "Machine: {cores} cores ({workers} executor threads). Backend: {}. T = {t} ms. Ramp: +{} closed-loop clients every {} s up to {} (link emulation off, no think time); the first interval of each level is a transition and is left out. Accuracies are the published top-1 of the real models{}.\n",
         fig1.backend,
         ramp.step,
         ramp.every_s,
@@ -389,10 +392,10 @@ fn report_md(
     }
     let _ = writeln!(
         s,
-        "## Saturation and per-request overhead\n\n`static-cheapest` with {} clients (more than it can serve) answered **{:.0} req/s**. With {workers} cores that is {:.3} ms of CPU per request, of which the cheapest model's inference is {:.3} ms: **o = {:.3} ms per request beside inference** (decode, resize, framing, sockets and the in-process fleet). The cheapest model saturates within T at X·T = **{:.0} clients**; the goal (≥ 99 % of requests within T, accuracy ≥ 95 % of the decode-aware optimum) applies up to 90 % of that, {:.0} clients.\n",
+        "## Saturation and per-request overhead\n\n`static-cheapest` with {} clients (more than it can serve) answered **{:.0} req/s**. With {cores} cores that is {:.3} ms of CPU per request, of which the cheapest model's inference is {:.3} ms: **o = {:.3} ms per request beside inference** (decode, resize, framing, sockets and the in-process fleet). The cheapest model saturates within T at X·T = **{:.0} clients**; the goal (≥ 99 % of requests within T, accuracy ≥ 95 % of the decode-aware optimum) applies up to 90 % of that, {:.0} clients.\n",
         sat.clients,
         sat.rps,
-        workers as f64 * 1000.0 / sat.rps.max(1e-9),
+        cores as f64 * 1000.0 / sat.rps.max(1e-9),
         sat.cheapest_ms,
         sat.overhead_ms,
         sat.saturation_clients,
@@ -415,7 +418,7 @@ fn report_md(
     }
     let _ = writeln!(
         s,
-        "\n## Policies side by side, against the optimum\n\n**Decode-aware optimum**: the best mean accuracy any model mix can reach when N closed-loop clients share {workers} cores within T: mean inference cost ≤ {workers}·T/N − o, read on the upper convex hull of (bare p50 cost, accuracy). The *inference-only* optimum (≤ {workers}·T/N, what earlier reports used) ignores o and promises accuracy no mix can reach at high load; it is shown beside. `*`: no mix meets T at this load. **SLO (all)** counts every answered request, refusals included, as the goal does; **SLO** is the summary's `slo_attainment` (served requests only). **goal**: ✓ where both targets are met, ✗ where not, blank past 90 % of saturation.\n"
+        "\n## Policies side by side, against the optimum\n\n**Decode-aware optimum**: the best mean accuracy any model mix can reach when N closed-loop clients share {cores} cores within T: mean inference cost ≤ {cores}·T/N − o, read on the upper convex hull of (bare p50 cost, accuracy). The *inference-only* optimum (≤ {cores}·T/N, what earlier reports used) ignores o and promises accuracy no mix can reach at high load; it is shown beside. `*`: no mix meets T at this load. **SLO (all)** counts every answered request, refusals included, as the goal does; **SLO** is the summary's `slo_attainment` (served requests only). **goal**: ✓ where both targets are met, ✗ where not, blank past 90 % of saturation.\n"
     );
     for r in runs {
         let _ = writeln!(
@@ -424,8 +427,8 @@ fn report_md(
             r.name
         );
         for l in &r.levels {
-            let opt = optimum_within(&points, workers as f64 * t / l.clients.max(1) as f64 - sat.overhead_ms);
-            let old = optimum(&points, l.clients, workers, t);
+            let opt = optimum_within(&points, cores as f64 * t / l.clients.max(1) as f64 - sat.overhead_ms);
+            let old = optimum(&points, l.clients, cores, t);
             let frac = l.accuracy.zip(opt).map(|(a, o)| a / o.accuracy);
             let goal = if (l.clients as f64) > goal_top {
                 ""
