@@ -92,7 +92,14 @@ impl Service {
         telemetry.event(format!("listening on {addr}, T = {} ms, policy {}", engine.dispatcher.bound_ms(), engine.policy_name()));
         let control = Arc::new(Control::new(engine.dispatcher.clone(), telemetry.clone()));
         telemetry.metrics.name_ladder(&config.models.name, engine.ladder.iter().map(|m| m.name.clone()).collect());
-        let oip = Arc::new(Oip::new(engine.clone(), telemetry.clone(), control.clone(), &config));
+        let oip = Arc::new(Oip::new(
+            engine.clone(),
+            telemetry.clone(),
+            control.clone(),
+            &config.server,
+            &config.models.name,
+            (config.dispatch.timeout_min_ms, config.dispatch.timeout_max_ms),
+        ));
         let mut front_ends = Vec::new();
         let mut start = |addr: Option<SocketAddr>,
                          key: &str,

@@ -306,15 +306,23 @@ pub struct Oip {
 }
 
 impl Oip {
-    pub fn new(engine: Arc<Engine>, telemetry: Arc<Telemetry>, control: Arc<Control>, config: &crate::config::Config) -> Oip {
+    /// `name` is `models.name`; `timeout_range_ms` is `dispatch.timeout_min_ms`..`timeout_max_ms`.
+    pub fn new(
+        engine: Arc<Engine>,
+        telemetry: Arc<Telemetry>,
+        control: Arc<Control>,
+        server: &super::config::ServerConfig,
+        name: &str,
+        timeout_range_ms: (f64, f64),
+    ) -> Oip {
         let classes = engine.ladder.iter().map(|m| AtomicUsize::new(m.labels.as_ref().map_or(0, Vec::len))).collect();
         let stats = (0..=engine.ladder.len()).map(|_| ModelStats::default()).collect();
         Oip {
-            limits: Limits::from_config(&config.server),
+            limits: Limits::from_config(server),
             connections: Connections::default(),
             closing: Default::default(),
-            name: config.models.name.clone(),
-            timeout_range_ms: (config.dispatch.timeout_min_ms, config.dispatch.timeout_max_ms),
+            name: name.to_string(),
+            timeout_range_ms,
             classes,
             stats,
             engine,
