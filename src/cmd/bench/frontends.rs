@@ -231,7 +231,7 @@ pub fn grpc_request(model: &str, image: &[u8]) -> proto::ModelInferRequest {
             name: "probabilities".into(),
             parameters: [("classification".to_string(), k)].into(),
         }],
-        raw_input_contents: vec![crate::server::oip::bytes_to_raw(&[image.to_vec()])],
+        raw_input_contents: vec![crate::server::oip::bytes_to_raw(&[image.to_vec()]).into()],
         ..Default::default()
     }
 }
