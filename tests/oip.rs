@@ -18,8 +18,11 @@ use edgeinfer::server::grpc::proto::{self, infer_parameter::ParameterChoice, Inf
 use edgeinfer::server::grpc::{output_data, proto::model_infer_request::InferInputTensor};
 use edgeinfer::server::oip::{bytes_to_raw, fp32_to_raw, OutData};
 use edgeinfer::service::Service;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use futures::StreamExt as _;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Value};
 use tonic::Code;
 
@@ -95,7 +98,7 @@ fn grpc_image_request(model: &str, datatype: &str, shape: Vec<i64>, raw: Vec<u8>
     ModelInferRequest {
         model_name: model.into(),
         inputs: vec![InferInputTensor { name: "image".into(), datatype: datatype.into(), shape, ..Default::default() }],
-        raw_input_contents: vec![raw],
+        raw_input_contents: vec![raw.into()],
         ..Default::default()
     }
 }
@@ -301,7 +304,7 @@ async fn grpc_classifies_and_refuses_bad_input_clearly() {
     // Typed contents (not raw) are taken too; a rung by name with a raw FP32 tensor.
     let mut req = grpc_image_request("edgeinfer", "BYTES", vec![1], vec![]);
     req.raw_input_contents.clear();
-    req.inputs[0].contents = Some(proto::InferTensorContents { bytes_contents: vec![jpeg.clone()], ..Default::default() });
+    req.inputs[0].contents = Some(proto::InferTensorContents { bytes_contents: vec![jpeg.clone().into()], ..Default::default() });
     let r = c.model_infer(authed(req)).await.unwrap().into_inner();
     let Some(OutData::Fp32(p)) = output_data(&r, 0) else { panic!("FP32 output") };
     assert_eq!(r.outputs[0].shape, vec![1, p.len() as i64]);
@@ -322,7 +325,8 @@ async fn grpc_classifies_and_refuses_bad_input_clearly() {
         (ModelInferRequest { model_name: "edgeinfer".into(), ..Default::default() }, Code::InvalidArgument, "missing input"),
         (grpc_image_request("nonesuch", "BYTES", vec![1], good.clone()), Code::NotFound, "unknown model"),
         (grpc_image_request("edgeinfer", "BYTES", vec![1], truncated), Code::InvalidArgument, "only"),
-        (grpc_image_request("edgeinfer", "BYTES", vec![1], vec![0; 300 * 1024]), Code::OutOfRange, "too large"),
+        // Over server.max_frame_bytes: refused from the message's length prefix, naming the key.
+        (grpc_image_request("edgeinfer", "BYTES", vec![1], vec![0; 300 * 1024]), Code::ResourceExhausted, "(server.max_frame_bytes)"),
     ];
     for (req, code, needle) in cases {
         let e = c.model_infer(authed(req)).await.unwrap_err();
@@ -340,6 +344,95 @@ async fn grpc_classifies_and_refuses_bad_input_clearly() {
     let r = c.model_infer(authed(grpc_image_request("edgeinfer", "BYTES", vec![1], good))).await.unwrap().into_inner();
     assert_eq!(r.model_name, "edgeinfer");
     assert!(common::eventually(5, || svc.engine.in_system() == 0).await, "nothing left in the engine");
+    // The oversize message is counted; its model is inside the message that was never read.
+    let (_, _, b) = http(svc.http_addr.unwrap(), "GET", "/metrics", &[bearer()], vec![]).await;
+    let text = String::from_utf8(b.to_vec()).unwrap();
+    assert!(text.contains("edgeinfer_requests_total{model=\"unknown\",status=\"too_large\"} 1"), "{text}");
+    svc.stop().await;
+}
+
+/// A stand-in ModelInfer call the cheapest rung serves.
+fn stand_in_call() -> ModelInferRequest {
+    grpc_image_request("m3", "BYTES", vec![1], bytes_to_raw(&[common::png(16, 16)]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_max_connections_is_answered_with_a_status_naming_the_key() {
+    let svc = common::stand_in_service_with(|c| c.server.max_connections = 1).await;
+    let addr = svc.grpc_addr.unwrap();
+    let mut a = grpc_client(&svc).await;
+    a.model_infer(stand_in_call()).await.unwrap();
+    // One connection more, through tonic's Channel and through a bare HTTP/2 connection: the
+    // handshake completes and the call gets RESOURCE_EXHAUSTED naming the key, not a reset.
+    let mut b = grpc_client(&svc).await;
+    let e = b.model_infer(stand_in_call()).await.unwrap_err();
+    println!("gRPC {:?} over the connection cap: {}", e.code(), e.message());
+    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+    assert_eq!(e.message(), "too many connections (server.max_connections = 1)");
+    let mut bare = edgeinfer::server::grpc::connect(addr).await.unwrap();
+    let e = bare.server_live(proto::ServerLiveRequest {}).await.unwrap_err();
+    assert_eq!((e.code(), e.message()), (Code::ResourceExhausted, "too many connections (server.max_connections = 1)"));
+    assert_eq!(svc.telemetry.connections().refused, 2);
+    // The connection inside the cap carries on.
+    assert_eq!(string_param(&a.model_infer(stand_in_call()).await.unwrap().into_inner(), "model"), "m3");
+    // Its place freed, a new connection is served.
+    drop(a);
+    assert!(common::eventually(5, || svc.oip.connections.grpc.load(std::sync::atomic::Ordering::Relaxed) == 0).await);
+    let mut d = grpc_client(&svc).await;
+    assert_eq!(string_param(&d.model_infer(stand_in_call()).await.unwrap().into_inner(), "model"), "m3");
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_cuts_off_a_call_that_stalls_mid_message_after_the_read_timeout() {
+    let svc = common::stand_in_service_with(|c| {
+        c.server.read_timeout_ms = 300;
+        c.server.idle_timeout_ms = 10_000;
+    })
+    .await;
+    let addr = svc.grpc_addr.unwrap();
+    // A ModelInfer call whose prefix announces a 1000-byte message; 100 bytes of it, then
+    // silence with the stream left open.
+    let socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake::<_, _, BoxBody<Bytes, std::convert::Infallible>>(TokioExecutor::new(), TokioIo::new(socket))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut part = vec![0u8];
+    part.extend_from_slice(&1000u32.to_be_bytes());
+    part.extend_from_slice(&[0; 100]);
+    let chunks = futures::stream::iter([Ok(Frame::data(Bytes::from(part)))]).chain(futures::stream::pending());
+    let grpc_call = |method: &str| {
+        http::Request::post(format!("http://{addr}/inference.GRPCInferenceService/{method}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+    };
+    let started = std::time::Instant::now();
+    let resp = tokio::time::timeout(
+        Duration::from_secs(20),
+        send.send_request(grpc_call("ModelInfer").body(BodyExt::boxed(StreamBody::new(chunks))).unwrap()),
+    )
+    .await
+    .expect("answered, not left hanging")
+    .unwrap();
+    let waited = started.elapsed();
+    let status = tonic::Status::from_header_map(resp.headers()).expect("a gRPC status in the response headers");
+    println!("gRPC {:?} after {waited:?} for a stalled message: {}", status.code(), status.message());
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{}", status.message());
+    assert_eq!(status.message(), "request not received within 300 ms (server.read_timeout_ms)");
+    assert!(waited >= Duration::from_millis(300), "not cut off before the read timeout: {waited:?}");
+    // Other connections carry on, and so does this one: its other calls are served.
+    let mut c = grpc_client(&svc).await;
+    assert_eq!(string_param(&c.model_infer(stand_in_call()).await.unwrap().into_inner(), "model"), "m3");
+    let live = futures::stream::iter([Ok(Frame::data(Bytes::from_static(&[0, 0, 0, 0, 0])))]);
+    let resp = send.send_request(grpc_call("ServerLive").body(BodyExt::boxed(StreamBody::new(live))).unwrap()).await.unwrap();
+    let trailers = resp.into_body().collect().await.unwrap().trailers().cloned().expect("trailers");
+    assert_eq!(trailers.get("grpc-status").map(|v| v.to_str().unwrap()), Some("0"), "{trailers:?}");
+    // Counted as a timeout, under `unknown` (the model is in the message never received).
+    let (_, _, b) = http(svc.http_addr.unwrap(), "GET", "/metrics", &[], vec![]).await;
+    let text = String::from_utf8(b.to_vec()).unwrap();
+    assert!(text.contains("edgeinfer_requests_total{model=\"unknown\",status=\"timeout\"} 1"), "{text}");
     svc.stop().await;
 }
 

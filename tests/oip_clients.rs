@@ -66,7 +66,7 @@ import tritonclient.http as th
 import tritonclient.grpc as tg
 from tritonclient.utils import InferenceServerException
 
-http_url, grpc_url, jpeg_path, stand_in_http, stand_in_grpc = sys.argv[1:6]
+http_url, grpc_url, jpeg_path, stand_in_http, stand_in_grpc, capped_grpc = sys.argv[1:7]
 jpeg = open(jpeg_path, "rb").read()
 image = np.array([jpeg], dtype=np.object_)
 
@@ -155,6 +155,25 @@ for client, lib in [(sh, th), (sg, tg)]:
     slow = stand_in(client, lib)
     fast = stand_in(client, lib, timeout=20000)
     check(slow == "m0" and fast != "m0", "%s: no timeout -> %s, timeout 20 ms -> %s" % (lib.__name__, slow, fast))
+# A server with server.max_connections = 1 and server.max_frame_bytes = 64 KiB: what a
+# tritonclient user sees over those limits. (A local subchannel pool: grpcio would otherwise
+# share one connection between the two clients.)
+own = [("grpc.use_local_subchannel_pool", 1)]
+inside = tg.InferenceServerClient(capped_grpc, channel_args=own)
+check(inside.is_server_live(), "grpc: the connection inside the cap is served")
+try:
+    tg.InferenceServerClient(capped_grpc, channel_args=own).is_server_live()
+    check(False, "grpc: a connection over the cap is refused")
+except InferenceServerException as e:
+    check("server.max_connections" in e.message(), "grpc: a connection over the cap is refused: " + e.message())
+big = tg.InferInput("image", [1], "BYTES")
+big.set_data_from_numpy(np.array([b"\xff" * 100_000], dtype=np.object_))
+try:
+    inside.infer("edgeinfer", [big])
+    check(False, "grpc: an oversize message is refused")
+except InferenceServerException as e:
+    check("server.max_frame_bytes" in e.message(), "grpc: an oversize message is refused: " + e.message())
+check(stand_in(inside, tg) == "m0", "grpc: the connection inside the cap carries on")
 print("ALL OK")
 "#;
 
@@ -172,6 +191,11 @@ async fn tritonclient_http_and_grpc_classify_through_the_ladder_and_a_rung() {
     let dir = tempfile::tempdir().unwrap();
     let svc = Service::start(tiny_config(dir.path())).await.unwrap();
     let stand_in = common::stand_in_service().await;
+    let capped = common::stand_in_service_with(|c| {
+        c.server.max_connections = 1;
+        c.server.max_frame_bytes = 64 * 1024;
+    })
+    .await;
     let jpeg = dir.path().join("photo.jpg");
     std::fs::write(&jpeg, common::jpeg(80, 60)).unwrap();
     let script = dir.path().join("clients.py");
@@ -183,6 +207,7 @@ async fn tritonclient_http_and_grpc_classify_through_the_ladder_and_a_rung() {
         jpeg.display().to_string(),
         stand_in.http_addr.unwrap().to_string(),
         stand_in.grpc_addr.unwrap().to_string(),
+        capped.grpc_addr.unwrap().to_string(),
     ];
     // Off the runtime the servers under test share; bounded, so a hung client fails the test.
     let run = tokio::task::spawn_blocking(move || Command::new(&python).args(&args).output());
@@ -192,6 +217,7 @@ async fn tritonclient_http_and_grpc_classify_through_the_ladder_and_a_rung() {
     assert!(out.status.success() && stdout.contains("ALL OK"), "tritonclient script failed:\n{stdout}\n{stderr}");
     svc.stop().await;
     stand_in.stop().await;
+    capped.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,17 +1,36 @@
 //! The Open Inference Protocol over gRPC: `inference.GRPCInferenceService` (proto/
-//! grpc_predict_v2.proto) on tonic. Messages are translated to and from `oip.rs`'s types, which
-//! do the validation and enter the engine. Limits: the token in the `authorization` metadata
-//! (`Bearer TOKEN`), `server.max_frame_bytes` as the largest message (tonic checks its length
-//! prefix before buffering it and answers `OUT_OF_RANGE`), `server.max_connections`, and the idle and write timeouts
-//! (`guarded.rs`). Shutdown stops accepting and lets calls in flight finish.
+//! grpc_predict_v2.proto) on tonic's generated service, served by hyper's HTTP/2 connections
+//! from our own accept loop (as `http.rs` does for HTTP/1), so every limit is ours to apply and
+//! to phrase: the token in the `authorization` metadata (`Bearer TOKEN`); `server.max_frame_bytes`
+//! as the largest request message, checked on its 5-byte length prefix before any of it is
+//! buffered; `server.read_timeout_ms` from a call's headers to the end of its request;
+//! `server.max_connections`, where one more connection is still answered with a status that names
+//! the key; the idle and write timeouts (`guarded.rs`). Messages are translated to and from
+//! `oip.rs`'s types, which do the validation and enter the engine. Shutdown stops accepting and
+//! lets calls in flight finish.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
+use http_body_util::Empty;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::server::conn::http2;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
+use tonic::codegen::Service;
 use tonic::{Code, Request, Response, Status};
 
 use super::guarded::Guarded;
@@ -22,6 +41,7 @@ pub mod proto {
     tonic::include_proto!("inference");
 }
 
+use proto::grpc_inference_service_client::GrpcInferenceServiceClient;
 use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use proto::infer_parameter::ParameterChoice;
 use proto::model_infer_response::InferOutputTensor;
@@ -31,37 +51,281 @@ fn open_grpc(o: &Oip) -> &AtomicUsize {
     &o.connections.grpc
 }
 
-/// Serves until `shutdown`, then waits for the calls in flight.
+/// The path of the one call that is an inference request (counted in the metrics when refused).
+const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
+
+/// Connections over `server.max_connections` being answered at once. Each costs a task and
+/// an HTTP/2 connection's state for up to the read timeout; past this many, a further one is
+/// closed without an answer, so a flood of connections cannot grow memory through refusals.
+const REFUSALS_IN_FLIGHT: usize = 64;
+
+/// HTTP/2 settings for every connection, served or refused.
+fn h2_builder() -> http2::Builder<TokioExecutor> {
+    let mut b = http2::Builder::new(TokioExecutor::new());
+    // No `date` header: gRPC clients do not read it, and formatting it costs every answer.
+    b.timer(TokioTimer::new()).auto_date_header(false);
+    b
+}
+
+/// Serves until `shutdown`, then stops accepting and waits for the calls in flight.
 pub async fn run(l: Listener, shutdown: CancellationToken) {
+    let graceful = GracefulShutdown::new();
     let oip = l.oip.clone();
-    let max_message = oip.limits.max_frame_bytes;
-    let incoming = futures::stream::unfold((l.socket, oip.clone()), |(listener, oip)| async move {
-        loop {
-            match listener.accept().await {
-                Ok((socket, _)) => {
-                    let _ = socket.set_nodelay(true);
-                    // Over the cap the connection is closed before HTTP/2 starts: gRPC has no
-                    // way to answer a connection it has not accepted.
-                    if open_grpc(&oip).load(Ordering::Relaxed) >= oip.limits.max_connections {
-                        oip.telemetry.count_refused_connection();
-                        continue;
-                    }
-                    let io = Guarded::new(socket, oip.limits.idle_timeout, oip.limits.write_timeout, Some((oip.clone(), open_grpc)));
-                    return Some((Ok::<_, std::io::Error>(io), (listener, oip)));
+    let limits = oip.limits.clone();
+    // tonic's own cap stays as a backstop one prefix longer than ours: `Limited` refuses an
+    // oversize message first, with a status that names the config key.
+    let service = GrpcInferenceServiceServer::new(Grpc { oip: oip.clone() })
+        .max_decoding_message_size(limits.max_frame_bytes.saturating_add(5))
+        .max_encoding_message_size(usize::MAX);
+    let builder = h2_builder();
+    let refusals = Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT));
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            a = l.socket.accept() => a,
+        };
+        let socket = match accepted {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!("grpc accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        if open_grpc(&oip).load(Ordering::Relaxed) >= limits.max_connections {
+            oip.telemetry.count_refused_connection();
+            if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                let (oip, builder) = (oip.clone(), builder.clone());
+                tokio::spawn(async move {
+                    refuse(socket, &oip, &builder).await;
+                    drop(permit);
+                });
+            }
+            continue;
+        }
+        let io = Guarded::new(socket, limits.idle_timeout, limits.write_timeout, Some((oip.clone(), open_grpc)));
+        let (service, oip) = (service.clone(), oip.clone());
+        let hyper_service = service_fn(move |req: http::Request<Incoming>| {
+            let mut service = service.clone();
+            let counted = (req.uri().path() == MODEL_INFER).then(|| (oip.clone(), Instant::now()));
+            let req = req.map(|body| Limited::new(body, &oip.limits, counted));
+            service.call(req)
+        });
+        let watched = graceful.watch(builder.serve_connection(TokioIo::new(io), hyper_service));
+        tokio::spawn(async move {
+            if let Err(e) = watched.await {
+                tracing::debug!("grpc connection ended: {e}");
+            }
+        });
+    }
+    drop(l.socket);
+    // Bounded as HTTP's: a call still being received gets the read timeout, an answer being
+    // written the write timeout, and the engine answers everything it admitted.
+    let limit = limits.read_timeout + limits.write_timeout + Duration::from_secs(30);
+    if tokio::time::timeout(limit, graceful.shutdown()).await.is_err() {
+        tracing::warn!("grpc: connections still open after {limit:?} of shutdown; closing them");
+    }
+}
+
+/// One connection over `server.max_connections`. A gRPC client only reads a status as the
+/// answer to a call, so the connection is accepted: the HTTP/2 handshake completes, every
+/// call it sends is answered `RESOURCE_EXHAUSTED` naming the key, and after the first one the
+/// server sends GOAWAY (the calls already sent are still answered) and closes. A client that
+/// sends nothing within the read timeout is closed without an answer.
+async fn refuse(socket: TcpStream, oip: &Oip, builder: &http2::Builder<TokioExecutor>) {
+    let limits = &oip.limits;
+    let message = format!("too many connections (server.max_connections = {})", limits.max_connections);
+    let answered = Arc::new(Notify::new());
+    let signal = answered.clone();
+    let service = service_fn(move |_req: http::Request<Incoming>| {
+        signal.notify_one();
+        std::future::ready(Ok::<_, Infallible>(Status::resource_exhausted(message.clone()).into_http::<Empty<Bytes>>()))
+    });
+    let io = Guarded::new(socket, limits.idle_timeout, limits.write_timeout, None);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = answered.notified() => conn.as_mut().graceful_shutdown(),
+        _ = tokio::time::sleep(limits.read_timeout) => return,
+    }
+    let _ = tokio::time::timeout(limits.write_timeout, conn).await;
+}
+
+/// A call's request body under the front end's limits, as tonic reads it. The whole request
+/// (all its messages and the end of the stream) must arrive within `server.read_timeout_ms` of
+/// the call's headers, or the call fails `DEADLINE_EXCEEDED` saying so — the limit HTTP puts on
+/// a body, so a client that sends part of a message and stalls holds nothing for long. Each
+/// message's 5-byte prefix is read as it passes: one longer than `server.max_frame_bytes` fails
+/// the call `RESOURCE_EXHAUSTED` before a byte of it is buffered. (gRPC's own implementations
+/// answer an oversize message with RESOURCE_EXHAUSTED, "received message larger than max", and
+/// the protocol maps `Kind::TooLarge` to it; tonic's own check says OUT_OF_RANGE and names no key.)
+/// A refused inference call is counted in the metrics, under `unknown`: its model is inside the
+/// message that was not read.
+struct Limited {
+    inner: Incoming,
+    cap: usize,
+    read_timeout: Duration,
+    deadline: Instant,
+    timer: Pin<Box<Sleep>>,
+    /// The prefix of the message being started, and how many of its bytes are still to come.
+    prefix: [u8; 5],
+    prefix_len: usize,
+    remaining: usize,
+    /// Set once the body has ended or failed: nothing more is read.
+    done: bool,
+    counted: Option<(Arc<Oip>, Instant)>,
+}
+
+impl Limited {
+    fn new(inner: Incoming, limits: &super::Limits, counted: Option<(Arc<Oip>, Instant)>) -> Limited {
+        let deadline = Instant::now() + limits.read_timeout;
+        Limited {
+            inner,
+            cap: limits.max_frame_bytes,
+            read_timeout: limits.read_timeout,
+            deadline,
+            timer: Box::pin(tokio::time::sleep_until(deadline.into())),
+            prefix: [0; 5],
+            prefix_len: 0,
+            remaining: 0,
+            done: false,
+            counted,
+        }
+    }
+
+    /// Follows the message boundaries through one chunk of the body.
+    fn scan(&mut self, mut data: &[u8]) -> Result<(), OipError> {
+        while !data.is_empty() {
+            if self.remaining > 0 {
+                let n = self.remaining.min(data.len());
+                self.remaining -= n;
+                data = &data[n..];
+                continue;
+            }
+            let n = (5 - self.prefix_len).min(data.len());
+            self.prefix[self.prefix_len..self.prefix_len + n].copy_from_slice(&data[..n]);
+            self.prefix_len += n;
+            data = &data[n..];
+            if self.prefix_len == 5 {
+                self.prefix_len = 0;
+                let len = u32::from_be_bytes(self.prefix[1..].try_into().expect("4 bytes")) as usize;
+                if len > self.cap {
+                    return Err(OipError::new(
+                        Kind::TooLarge,
+                        format!("request message of {len} bytes exceeds the {}-byte limit (server.max_frame_bytes)", self.cap),
+                    ));
                 }
-                Err(e) => {
-                    tracing::warn!("grpc accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                self.remaining = len;
             }
         }
-    });
-    let service = GrpcInferenceServiceServer::new(Grpc { oip }).max_decoding_message_size(max_message).max_encoding_message_size(usize::MAX);
-    let served =
-        tonic::transport::Server::builder().add_service(service).serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()).await;
-    if let Err(e) = served {
-        tracing::error!("grpc server stopped: {e}");
+        Ok(())
     }
+
+    fn fail(&mut self, e: OipError) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        self.done = true;
+        if let Some((oip, arrival)) = self.counted.take() {
+            oip.record_failure(None, &e, arrival);
+        }
+        Poll::Ready(Some(Err(status(&e))))
+    }
+
+    fn timed_out(&self) -> OipError {
+        OipError::new(Kind::Timeout, format!("request not received within {} ms (server.read_timeout_ms)", self.read_timeout.as_millis()))
+    }
+}
+
+impl Body for Limited {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                // A client trickling bytes is cut off at the deadline as one that stalls.
+                if Instant::now() >= self.deadline {
+                    let e = self.timed_out();
+                    return self.fail(e);
+                }
+                if let Some(data) = frame.data_ref() {
+                    if let Err(e) = self.scan(data.chunk()) {
+                        return self.fail(e);
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.done = true;
+                Poll::Ready(Some(Err(Status::from_error(Box::new(e)))))
+            }
+            Poll::Ready(None) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => match self.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    let e = self.timed_out();
+                    self.fail(e)
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A gRPC client on one HTTP/2 connection and nothing else, for the tests and `bench
+/// frontends`: tonic's `Channel` puts a buffer task (and its reconnect and balancing logic)
+/// between the caller and the connection, one more hop per call that a gRPC client such as
+/// `tritonclient.grpc` (gRPC's C core) does not have and that the bench would otherwise book to
+/// the server. The HTTP bench client is likewise one bare hyper connection.
+#[derive(Clone)]
+pub struct Connection(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
+
+impl From<hyper::client::conn::http2::SendRequest<tonic::body::Body>> for Connection {
+    fn from(send: hyper::client::conn::http2::SendRequest<tonic::body::Body>) -> Connection {
+        Connection(send)
+    }
+}
+
+impl Service<http::Request<tonic::body::Body>> for Connection {
+    type Response = http::Response<Incoming>;
+    type Error = hyper::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, hyper::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), hyper::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        Box::pin(self.0.send_request(req))
+    }
+}
+
+/// Connects a [`Connection`] client to `addr` (TCP_NODELAY, as the server's side is).
+pub async fn connect(addr: SocketAddr) -> anyhow::Result<GrpcInferenceServiceClient<Connection>> {
+    let socket = TcpStream::connect(addr).await?;
+    socket.set_nodelay(true)?;
+    let (send, conn) =
+        hyper::client::conn::http2::Builder::new(TokioExecutor::new()).timer(TokioTimer::new()).handshake(TokioIo::new(socket)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("grpc client connection ended: {e}");
+        }
+    });
+    let origin: http::Uri = format!("http://{addr}").parse()?;
+    Ok(GrpcInferenceServiceClient::with_origin(Connection(send), origin))
 }
 
 struct Grpc {
@@ -126,11 +390,11 @@ pub fn to_request(r: ModelInferRequest) -> Result<InferRequest, OipError> {
     let mut inputs = Vec::with_capacity(r.inputs.len());
     for i in r.inputs {
         let data = match raw.next() {
-            Some(bytes) => oip::raw_to_data(&i.name, &i.datatype, Bytes::from(bytes))?,
+            Some(bytes) => oip::raw_to_data(&i.name, &i.datatype, bytes)?,
             None => {
                 let c = i.contents.unwrap_or_default();
                 match i.datatype.as_str() {
-                    "BYTES" if !c.bytes_contents.is_empty() => Data::Bytes(c.bytes_contents.into_iter().map(Bytes::from).collect()),
+                    "BYTES" if !c.bytes_contents.is_empty() => Data::Bytes(c.bytes_contents),
                     "FP32" if !c.fp32_contents.is_empty() => Data::Fp32(c.fp32_contents),
                     "BYTES" | "FP32" => return Err(OipError::bad(format!("input '{}' has no data (contents or raw_input_contents)", i.name))),
                     _ => Data::Unsupported,
@@ -159,7 +423,7 @@ pub fn to_response(r: oip::InferResponse) -> ModelInferResponse {
         .outputs
         .into_iter()
         .map(|o| {
-            raw.push(o.data.to_raw());
+            raw.push(Bytes::from(o.data.to_raw()));
             InferOutputTensor {
                 name: o.name,
                 datatype: o.data.datatype().into(),
@@ -182,7 +446,7 @@ pub fn to_response(r: oip::InferResponse) -> ModelInferResponse {
 /// Typed output elements from a response (tests and the bench read answers with it).
 pub fn output_data(r: &ModelInferResponse, index: usize) -> Option<OutData> {
     let o = r.outputs.get(index)?;
-    let raw = Bytes::from(r.raw_output_contents.get(index)?.clone());
+    let raw = r.raw_output_contents.get(index)?.clone();
     match oip::raw_to_data(&o.name, &o.datatype, raw).ok()? {
         Data::Fp32(v) => Some(OutData::Fp32(v)),
         Data::Bytes(v) => Some(OutData::Bytes(v.into_iter().map(|b| b.to_vec()).collect())),

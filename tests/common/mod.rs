@@ -128,6 +128,11 @@ pub const STAND_IN_LADDER: [(f64, f32); 4] = [(60.0, 70.0), (10.0, 60.0), (5.0, 
 /// A service over [`STAND_IN_LADDER`] with T = 200 ms, two executor threads, every front end on
 /// an ephemeral port: idle, the 60 ms rung serves; a tighter bound makes a cheaper one serve.
 pub async fn stand_in_service() -> Service {
+    stand_in_service_with(|_| {}).await
+}
+
+/// [`stand_in_service`] with `tweak` applied to its configuration (limits under test).
+pub async fn stand_in_service_with(tweak: impl FnOnce(&mut Config)) -> Service {
     let mut cfg = Config::default();
     // No model files are loaded, so any backend will do: the one the rest of the process uses.
     cfg.engine.backend = BackendChoice::Auto;
@@ -135,6 +140,7 @@ pub async fn stand_in_service() -> Service {
     cfg.server.listen = "127.0.0.1:0".parse().unwrap();
     cfg.server.http_listen = "127.0.0.1:0".into();
     cfg.server.grpc_listen = "127.0.0.1:0".into();
+    tweak(&mut cfg);
     let engine = sleeper_engine(&cfg, &STAND_IN_LADDER, 2, &Arc::new(AtomicUsize::new(0)));
     Service::with_engine(cfg, engine).await.unwrap()
 }

@@ -3,7 +3,9 @@
 //! and closed-loop clients sending the same JPEG and asking for the top 5 classes over the
 //! binary protocol, the Open Inference Protocol over HTTP (Triton's binary tensor data, the way
 //! `tritonclient.http` sends by default) and over gRPC (raw contents, as `tritonclient.grpc`),
-//! at each client count in turn. Reports round-trip p50/p99 and the difference from binary.
+//! at each client count in turn, the three protocols taking turns of a quarter second so that
+//! the machine's drift falls on all of them alike. Reports round-trip p50/p99 and the
+//! difference from binary.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -68,13 +70,9 @@ pub fn run(runtime: &tokio::runtime::Runtime, cfg: &Config, clients: &[usize], s
         let secs_each = Duration::from_secs_f64(secs);
         let mut rows = Vec::new();
         for &n in clients {
-            // Warm every path (connections, the model's arenas) before timing it.
-            for p in [Protocol::Binary, Protocol::Http, Protocol::Grpc] {
-                measure(p, addrs, &name, &image, n.min(4), Duration::from_millis(300)).await?;
-            }
+            let measured = measure(addrs, &name, &image, n, secs_each).await?;
             let mut base = None;
-            for p in [Protocol::Binary, Protocol::Http, Protocol::Grpc] {
-                let (h, errors, elapsed) = measure(p, addrs, &name, &image, n, secs_each).await?;
+            for (p, (h, errors, elapsed)) in PROTOCOLS.into_iter().zip(measured) {
                 let (p50, p99) = (h.value_at_quantile(0.5) as f64 / 1000.0, h.value_at_quantile(0.99) as f64 / 1000.0);
                 let (b50, b99) = *base.get_or_insert((p50, p99));
                 rows.push(Row {
@@ -112,51 +110,83 @@ pub fn table(r: &Report) -> String {
     t
 }
 
-/// `clients` closed-loop clients of one protocol for `secs`: their merged round-trip
-/// histogram (µs), the errors, and the seconds it ran.
+const PROTOCOLS: [Protocol; 3] = [Protocol::Binary, Protocol::Http, Protocol::Grpc];
+
+/// How long each protocol runs in its turn. The protocols take turns, round after round, until
+/// each has run `secs`: a machine whose speed drifts from one second to the next (a shared VM,
+/// another build) then slows them all alike, where one long run per protocol in a row booked the
+/// drift as a difference between protocols.
+const SLICE: Duration = Duration::from_millis(250);
+
+/// `clients` closed-loop clients of each protocol, the protocols in turns of [`SLICE`] until
+/// each has run `secs`, after a first round that warms every path (connections, the model's
+/// arenas) untimed. Per protocol, in [`PROTOCOLS`] order: the merged round-trip histogram (µs),
+/// the errors, and the seconds it ran.
 async fn measure(
-    p: Protocol,
     addrs: (SocketAddr, SocketAddr, SocketAddr),
     model: &str,
     image: &Bytes,
     clients: usize,
     secs: Duration,
-) -> Result<(Histogram<u64>, u64, f64)> {
-    let start = Instant::now();
-    let stop = start + secs;
-    let tasks: Vec<_> = (0..clients)
-        .map(|i| {
-            let (model, image) = (model.to_string(), image.clone());
-            tokio::spawn(async move {
-                let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
-                let mut errors = 0u64;
-                let mut client = Client::connect(p, addrs, i as u32).await?;
-                while Instant::now() < stop {
-                    let t = Instant::now();
-                    match client.infer(&model, &image).await {
-                        Ok(()) => h.saturating_record(t.elapsed().as_micros() as u64),
-                        Err(_) => errors += 1,
-                    }
-                }
-                Ok::<_, anyhow::Error>((h, errors))
-            })
-        })
-        .collect();
-    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
-    let mut errors = 0;
-    for t in tasks {
-        let (h, e) = t.await.context("bench client panicked")??;
-        all.add(&h).context("histograms share bounds")?;
-        errors += e;
+) -> Result<Vec<(Histogram<u64>, u64, f64)>> {
+    let mut pools = Vec::new();
+    for p in PROTOCOLS {
+        let mut pool = Vec::with_capacity(clients);
+        for i in 0..clients {
+            pool.push(Client::connect(p, addrs, i as u32).await?);
+        }
+        pools.push(pool);
     }
-    Ok((all, errors, start.elapsed().as_secs_f64()))
+    let new_histogram = || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+    let mut results: Vec<_> = PROTOCOLS.iter().map(|_| (new_histogram(), 0u64, 0f64)).collect();
+    let rounds = (secs.as_secs_f64() / SLICE.as_secs_f64()).ceil().max(1.0) as usize;
+    for round in 0..=rounds {
+        for (pool, result) in pools.iter_mut().zip(results.iter_mut()) {
+            let start = Instant::now();
+            let stop = start + SLICE;
+            let tasks: Vec<_> = pool
+                .drain(..)
+                .map(|mut client| {
+                    let (model, image) = (model.to_string(), image.clone());
+                    tokio::spawn(async move {
+                        let mut h = new_histogram();
+                        let mut errors = 0u64;
+                        while Instant::now() < stop {
+                            let t = Instant::now();
+                            match client.infer(&model, &image).await {
+                                Ok(()) => h.saturating_record(t.elapsed().as_micros() as u64),
+                                Err(_) => errors += 1,
+                            }
+                        }
+                        (client, h, errors)
+                    })
+                })
+                .collect();
+            for t in tasks {
+                let (client, h, errors) = t.await.context("bench client panicked")?;
+                pool.push(client);
+                // Round 0 warms up.
+                if round > 0 {
+                    result.0.add(&h).context("histograms share bounds")?;
+                    result.1 += errors;
+                }
+            }
+            if round > 0 {
+                result.2 += start.elapsed().as_secs_f64();
+            }
+        }
+    }
+    Ok(results)
 }
 
 /// One connection of each kind, asking for the top 5 classes as the binary protocol answers.
+/// Each is a bare connection (the binary protocol's client, one hyper HTTP/1.1 connection, one
+/// hyper HTTP/2 connection under tonic's generated client), so what differs is the protocol, not
+/// how much machinery a client library puts around it.
 enum Client {
     Binary(crate::client::Client),
     Http(hyper::client::conn::http1::SendRequest<Full<Bytes>>, String),
-    Grpc(GrpcInferenceServiceClient<tonic::transport::Channel>),
+    Grpc(GrpcInferenceServiceClient<crate::server::grpc::Connection>),
 }
 
 impl Client {
@@ -170,7 +200,7 @@ impl Client {
                 tokio::spawn(conn);
                 Client::Http(send, http.to_string())
             }
-            Protocol::Grpc => Client::Grpc(GrpcInferenceServiceClient::connect(format!("http://{grpc}")).await?),
+            Protocol::Grpc => Client::Grpc(crate::server::grpc::connect(grpc).await?),
         })
     }
 
@@ -231,7 +261,7 @@ pub fn grpc_request(model: &str, image: &[u8]) -> proto::ModelInferRequest {
             name: "probabilities".into(),
             parameters: [("classification".to_string(), k)].into(),
         }],
-        raw_input_contents: vec![crate::server::oip::bytes_to_raw(&[image.to_vec()])],
+        raw_input_contents: vec![crate::server::oip::bytes_to_raw(&[image.to_vec()]).into()],
         ..Default::default()
     }
 }
