@@ -491,3 +491,62 @@ async fn graceful_shutdown_answers_what_every_front_end_accepted() {
     // Stopped: nothing listens any more.
     assert!(tokio::net::TcpStream::connect(http_addr).await.is_err());
 }
+
+/// A gRPC peer that stops inside an HTTP/2 frame or header block, before any call exists that a
+/// status could answer, is cut off after `server.read_timeout_ms`, as the binary protocol cuts
+/// off a half-sent frame; one quiet between frames is idle and stays until the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_cuts_off_a_peer_that_stalls_inside_a_frame_or_header_block() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let svc = common::stand_in_service_with(|c| {
+        c.server.read_timeout_ms = 300;
+        c.server.idle_timeout_ms = 10_000;
+    })
+    .await;
+    let addr = svc.grpc_addr.unwrap();
+    let frame = |ty: u8, flags: u8, payload: &[u8]| {
+        let len = (payload.len() as u32).to_be_bytes();
+        let mut f = vec![len[1], len[2], len[3], ty, flags, 0, 0, 0, if ty == 0x4 { 0 } else { 1 }];
+        f.extend_from_slice(payload);
+        f
+    };
+    let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    opening.extend(frame(0x4, 0, &[])); // an empty SETTINGS frame
+                                        // How long the server keeps a connection that sent `bytes` and then went quiet (capped).
+    let kept_for = |bytes: Vec<u8>| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(&bytes).await.unwrap();
+        let started = std::time::Instant::now();
+        let mut sink = [0u8; 4096];
+        let closed = tokio::time::timeout(Duration::from_secs(3), async {
+            loop {
+                match s.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        (closed.is_ok(), started.elapsed())
+    };
+    // Stopped 5 bytes into a frame header.
+    let mut half_header = opening.clone();
+    half_header.extend_from_slice(&frame(0x1, 0x4, &[0; 8])[..5]);
+    // A HEADERS frame without END_HEADERS, its CONTINUATION never sent.
+    let mut open_block = opening.clone();
+    open_block.extend(frame(0x1, 0, &[0x82]));
+    // Half the preface.
+    let half_preface = opening[..12].to_vec();
+    for (what, bytes) in [("half a frame header", half_header), ("an open header block", open_block), ("half the preface", half_preface)] {
+        let (closed, after) = kept_for(bytes).await;
+        assert!(closed, "{what}: still open after {after:?}");
+        assert!(after >= Duration::from_millis(250), "{what}: cut off before the read timeout, after {after:?}");
+    }
+    // Quiet at a frame boundary: idle, not stalled, so still open when the test stops watching.
+    let (closed, after) = kept_for(opening).await;
+    assert!(!closed, "a connection quiet between frames was closed after {after:?}");
+    // And the server carries on.
+    let mut c = grpc_client(&svc).await;
+    assert_eq!(string_param(&c.model_infer(stand_in_call()).await.unwrap().into_inner(), "model"), "m3");
+    svc.stop().await;
+}

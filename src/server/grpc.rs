@@ -104,7 +104,8 @@ pub async fn run(l: Listener, shutdown: CancellationToken) {
             }
             continue;
         }
-        let io = Guarded::new(socket, limits.idle_timeout, limits.write_timeout, Some((oip.clone(), open_grpc)));
+        let io = Guarded::new(socket, limits.idle_timeout, limits.write_timeout, Some((oip.clone(), open_grpc)))
+            .http2_read_limit(limits.read_timeout);
         let (service, oip) = (service.clone(), oip.clone());
         let hyper_service = service_fn(move |req: http::Request<Incoming>| {
             let mut service = service.clone();

@@ -3,6 +3,12 @@
 //! direction for `server.idle_timeout_ms` reads as closed by the peer, and a write the peer does
 //! not take within `server.write_timeout_ms` fails. The server then closes it as it would any
 //! connection whose peer went away. It also counts itself as open while it lives.
+//!
+//! For HTTP/2 (gRPC) it also reads the byte stream frame by frame ([`H2Frames`]): a peer that
+//! stops inside the connection preface, inside a frame, or inside a header block (HEADERS and
+//! its CONTINUATIONs up to END_HEADERS) for `server.read_timeout_ms` is cut off, as the binary
+//! protocol cuts off a half-sent frame. Such a stall happens before any call exists that could
+//! be answered with a status; a quiet peer between frames is idle, not stalled.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -27,6 +33,10 @@ pub struct Guarded {
     /// Armed while a write waits for the peer to read.
     write_stall: Option<Pin<Box<Sleep>>>,
     open: Option<Counter>,
+    /// HTTP/2 only: where the peer's byte stream stands, the read limit, and the deadline armed
+    /// while the peer is inside a frame or a header block.
+    frames: Option<(H2Frames, Duration)>,
+    mid_frame: Option<Pin<Box<Sleep>>>,
 }
 
 impl Guarded {
@@ -35,7 +45,36 @@ impl Guarded {
         if let Some((oip, counter)) = &open {
             counter(oip).fetch_add(1, Ordering::Relaxed);
         }
-        Guarded { inner, idle_limit, write_limit, idle: Box::pin(tokio::time::sleep(idle_limit)), write_stall: None, open }
+        Guarded {
+            inner,
+            idle_limit,
+            write_limit,
+            idle: Box::pin(tokio::time::sleep(idle_limit)),
+            write_stall: None,
+            open,
+            frames: None,
+            mid_frame: None,
+        }
+    }
+
+    /// Reads the stream as HTTP/2 frames and cuts off a peer that stalls inside one (or inside a
+    /// header block) for `read_limit`.
+    pub fn http2_read_limit(mut self, read_limit: Duration) -> Guarded {
+        self.frames = Some((H2Frames::default(), read_limit));
+        self
+    }
+
+    /// After bytes arrived: the mid-frame deadline is armed when a frame or header block starts
+    /// (and again with each frame that completes, so a long stream of frames is not one stall),
+    /// and dropped at a boundary.
+    fn track(&mut self, bytes: &[u8]) {
+        let Some((frames, limit)) = &mut self.frames else { return };
+        let completed = frames.feed(bytes);
+        if !frames.mid() {
+            self.mid_frame = None;
+        } else if self.mid_frame.is_none() || completed {
+            self.mid_frame = Some(Box::pin(tokio::time::sleep(*limit)));
+        }
     }
 
     fn progressed(&mut self) {
@@ -76,15 +115,27 @@ impl AsyncRead for Guarded {
             Poll::Ready(r) => {
                 if buf.filled().len() > before {
                     self.progressed();
+                    self.track(&buf.filled()[before..]);
                 }
                 Poll::Ready(r)
             }
-            // Nothing to read: idle past the limit reads as end of stream, so the connection's
-            // own loop closes it; otherwise the timer wakes this task when the limit comes.
-            Poll::Pending => match self.idle.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Ok(())),
-                Poll::Pending => Poll::Pending,
-            },
+            // Nothing to read. Stalled inside a frame past the read limit: an error, and the
+            // connection closes. Idle past the idle limit reads as end of stream, so the
+            // connection's own loop closes it. Otherwise the timers wake this task when due.
+            Poll::Pending => {
+                if let Some(stall) = &mut self.mid_frame {
+                    if stall.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "peer stalled inside an HTTP/2 frame past server.read_timeout_ms",
+                        )));
+                    }
+                }
+                match self.idle.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Ok(())),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 }
@@ -118,5 +169,125 @@ impl Connected for Guarded {
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.inner.connect_info()
+    }
+}
+
+/// An HTTP/2 byte stream read as frames (RFC 9113 §3.4, §4.1): the 24-byte client preface, then
+/// frames of a 9-byte header (24-bit payload length, type, flags, stream) and a payload. Only
+/// the framing is read; hyper parses the frames themselves.
+#[derive(Debug)]
+pub struct H2Frames {
+    /// Bytes of the client preface still to come.
+    preface_left: usize,
+    header: [u8; 9],
+    /// Bytes of the current frame header received.
+    header_have: usize,
+    payload_left: usize,
+    /// Inside a header block: a HEADERS or PUSH_PROMISE frame without END_HEADERS, until the
+    /// CONTINUATION that carries it.
+    in_header_block: bool,
+}
+
+const PREFACE_LEN: usize = 24;
+const HEADERS: u8 = 0x1;
+const PUSH_PROMISE: u8 = 0x5;
+const CONTINUATION: u8 = 0x9;
+const END_HEADERS: u8 = 0x4;
+
+impl Default for H2Frames {
+    fn default() -> Self {
+        H2Frames { preface_left: PREFACE_LEN, header: [0; 9], header_have: 0, payload_left: 0, in_header_block: false }
+    }
+}
+
+impl H2Frames {
+    /// Reads `bytes`; true when a frame completed outside a header block (progress that re-arms
+    /// the stall deadline).
+    pub fn feed(&mut self, mut bytes: &[u8]) -> bool {
+        let mut completed = false;
+        while !bytes.is_empty() {
+            let n = if self.preface_left > 0 {
+                let n = self.preface_left.min(bytes.len());
+                self.preface_left -= n;
+                n
+            } else if self.header_have < 9 {
+                let n = (9 - self.header_have).min(bytes.len());
+                self.header[self.header_have..self.header_have + n].copy_from_slice(&bytes[..n]);
+                self.header_have += n;
+                if self.header_have == 9 {
+                    let h = self.header;
+                    self.payload_left = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+                    match h[3] {
+                        HEADERS | PUSH_PROMISE => self.in_header_block = h[4] & END_HEADERS == 0,
+                        CONTINUATION if h[4] & END_HEADERS != 0 => self.in_header_block = false,
+                        _ => {}
+                    }
+                }
+                n
+            } else {
+                let n = self.payload_left.min(bytes.len());
+                self.payload_left -= n;
+                n
+            };
+            bytes = &bytes[n..];
+            if self.preface_left == 0 && self.header_have == 9 && self.payload_left == 0 {
+                self.header_have = 0;
+                completed |= !self.in_header_block;
+            }
+        }
+        completed
+    }
+
+    /// Inside the preface (once begun), a frame, or a header block.
+    pub fn mid(&self) -> bool {
+        (self.preface_left > 0 && self.preface_left < PREFACE_LEN) || self.header_have > 0 || self.in_header_block
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(ty: u8, flags: u8, payload: usize) -> Vec<u8> {
+        let len = (payload as u32).to_be_bytes();
+        let mut f = vec![len[1], len[2], len[3], ty, flags, 0, 0, 0, 1];
+        f.resize(9 + payload, 7);
+        f
+    }
+
+    #[test]
+    fn frames_are_followed_byte_by_byte_and_whole() {
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        let mut stream = preface.to_vec();
+        stream.extend(frame(0x4, 0, 6)); // SETTINGS
+        stream.extend(frame(HEADERS, END_HEADERS, 20));
+        stream.extend(frame(0x0, 0, 100)); // DATA
+                                           // Whole: at a boundary, not mid-frame.
+        let mut whole = H2Frames::default();
+        assert!(!whole.mid(), "nothing received yet is idle");
+        assert!(whole.feed(&stream));
+        assert!(!whole.mid());
+        // Byte by byte: mid-frame everywhere but at the boundaries.
+        let mut f = H2Frames::default();
+        let boundaries = [24, 24 + 15, 24 + 15 + 29, stream.len()];
+        for (i, b) in stream.iter().enumerate() {
+            f.feed(std::slice::from_ref(b));
+            assert_eq!(f.mid(), !boundaries.contains(&(i + 1)), "after {} bytes", i + 1);
+        }
+        // Zero-length frames (SETTINGS ack) complete with their header.
+        let mut f = H2Frames { preface_left: 0, ..H2Frames::default() };
+        assert!(f.feed(&frame(0x4, 0x1, 0)));
+        assert!(!f.mid());
+    }
+
+    #[test]
+    fn a_header_block_is_open_until_end_headers() {
+        let mut f = H2Frames { preface_left: 0, ..H2Frames::default() };
+        assert!(!f.feed(&frame(HEADERS, 0, 10)), "HEADERS without END_HEADERS completes no block");
+        assert!(f.mid(), "between HEADERS and its CONTINUATION");
+        assert!(!f.feed(&frame(CONTINUATION, 0, 10)));
+        assert!(f.mid());
+        assert!(f.feed(&frame(CONTINUATION, END_HEADERS, 10)));
+        assert!(!f.mid());
     }
 }
