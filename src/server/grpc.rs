@@ -79,20 +79,7 @@ pub async fn run(l: Listener, shutdown: CancellationToken) {
         .max_encoding_message_size(usize::MAX);
     let builder = h2_builder();
     let refusals = Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT));
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            a = l.socket.accept() => a,
-        };
-        let socket = match accepted {
-            Ok((s, _)) => s,
-            Err(e) => {
-                tracing::warn!("grpc accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = socket.set_nodelay(true);
+    while let Some(socket) = l.next(&shutdown, "grpc").await {
         if open_grpc(&oip).load(Ordering::Relaxed) >= limits.max_connections {
             oip.telemetry.count_refused_connection();
             if let Ok(permit) = refusals.clone().try_acquire_owned() {
@@ -120,13 +107,7 @@ pub async fn run(l: Listener, shutdown: CancellationToken) {
             }
         });
     }
-    drop(l.socket);
-    // Bounded as HTTP's: a call still being received gets the read timeout, an answer being
-    // written the write timeout, and the engine answers everything it admitted.
-    let limit = limits.read_timeout + limits.write_timeout + Duration::from_secs(30);
-    if tokio::time::timeout(limit, graceful.shutdown()).await.is_err() {
-        tracing::warn!("grpc: connections still open after {limit:?} of shutdown; closing them");
-    }
+    l.drain(graceful, "grpc").await;
 }
 
 /// One connection over `server.max_connections`. A gRPC client only reads a status as the

@@ -43,20 +43,7 @@ fn open_http(o: &Oip) -> &AtomicUsize {
 pub async fn run(l: Listener, shutdown: CancellationToken) {
     let graceful = GracefulShutdown::new();
     let limits = l.oip.limits.clone();
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            a = l.socket.accept() => a,
-        };
-        let socket = match accepted {
-            Ok((s, _)) => s,
-            Err(e) => {
-                tracing::warn!("http accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = socket.set_nodelay(true);
+    while let Some(socket) = l.next(&shutdown, "http").await {
         if open_http(&l.oip).load(std::sync::atomic::Ordering::Relaxed) >= limits.max_connections {
             l.oip.telemetry.count_refused_connection();
             tokio::spawn(refuse(socket, limits.max_connections));
@@ -77,13 +64,7 @@ pub async fn run(l: Listener, shutdown: CancellationToken) {
             }
         });
     }
-    drop(l.socket);
-    // Bounded: a request still being received gets the read timeout, an answer being
-    // written the write timeout, and the engine answers everything it admitted.
-    let limit = limits.read_timeout + limits.write_timeout + Duration::from_secs(30);
-    if tokio::time::timeout(limit, graceful.shutdown()).await.is_err() {
-        tracing::warn!("http: connections still open after {limit:?} of shutdown; closing them");
-    }
+    l.drain(graceful, "http").await;
 }
 
 /// One connection over `server.max_connections`: a clear 503, then close.

@@ -286,6 +286,40 @@ impl Listener {
     pub fn local_addr(&self) -> std::net::SocketAddr {
         self.socket.local_addr().expect("bound listener has an address")
     }
+
+    /// The next connection, with Nagle off (answers are small and go out at once); `None` once
+    /// `shutdown` is cancelled. A failed accept (e.g. out of file descriptors) is logged and
+    /// retried after a pause rather than ending the front end.
+    pub(super) async fn next(&self, shutdown: &tokio_util::sync::CancellationToken, what: &str) -> Option<tokio::net::TcpStream> {
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                a = self.socket.accept() => a,
+            };
+            match accepted {
+                Ok((s, _)) => {
+                    let _ = s.set_nodelay(true);
+                    return Some(s);
+                }
+                Err(e) => {
+                    tracing::warn!("{what} accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// Stops listening and waits for the connections `graceful` watches, bounded: a request
+    /// still being received gets the read timeout, an answer being written the write timeout,
+    /// and the engine answers everything it admitted.
+    pub(super) async fn drain(self, graceful: hyper_util::server::graceful::GracefulShutdown, what: &str) {
+        let limits = self.oip.limits.clone();
+        drop(self.socket);
+        let limit = limits.read_timeout + limits.write_timeout + Duration::from_secs(30);
+        if tokio::time::timeout(limit, graceful.shutdown()).await.is_err() {
+            tracing::warn!("{what}: connections still open after {limit:?} of shutdown; closing them");
+        }
+    }
 }
 
 /// What both OIP front ends share: the engine, the model table, the limits, the statistics.
