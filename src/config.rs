@@ -219,6 +219,17 @@ mod tests {
     }
 
     #[test]
+    fn jpeg_subsampling_takes_the_usual_names_and_refuses_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "[fleet]\njpeg_subsampling = \"4:4:4\"\n");
+        assert_eq!(Config::load(Some(&p)).unwrap().fleet.jpeg_subsampling, crate::fleet::config::Subsampling::S444);
+        assert_eq!(Config::default().fleet.jpeg_subsampling, crate::fleet::config::Subsampling::S420);
+        let p = write(dir.path(), "[fleet]\njpeg_subsampling = \"4:1:1\"\n");
+        let err = format!("{:#}", Config::load(Some(&p)).unwrap_err());
+        assert!(err.contains("jpeg_subsampling") && err.contains("4:2:0"), "{err}");
+    }
+
+    #[test]
     fn front_end_addresses_and_timeout_range_are_checked() {
         let mut c = Config::default();
         assert_eq!(c.server.http_addr(), Some("127.0.0.1:8000".parse().unwrap()));

@@ -227,6 +227,10 @@ pub enum BenchCommand {
         /// Input resolutions (the fleet's JPEGs are made at each).
         #[arg(long, value_delimiter = ',', default_value = "224,160,96")]
         resolutions: Vec<u16>,
+        /// Chroma subsampling of those JPEGs, one set of rows each (default: the config's
+        /// `fleet.jpeg_subsampling`).
+        #[arg(long, value_delimiter = ',')]
+        subsampling: Vec<crate::fleet::config::Subsampling>,
         /// Iterations of the per-stage loop.
         #[arg(long, default_value_t = 2000)]
         iters: usize,
@@ -428,8 +432,8 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
             println!("experiment: report written to {}", report.display());
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Bench { what: BenchCommand::Overhead { resolutions, iters, secs, json } }) => {
-            let report = self::bench::overhead::run(&runtime, &cli.config()?, resolutions, (*iters).max(1), *secs)?;
+        Some(Command::Bench { what: BenchCommand::Overhead { resolutions, subsampling, iters, secs, json } }) => {
+            let report = self::bench::overhead::run(&runtime, &cli.config()?, resolutions, subsampling, (*iters).max(1), *secs)?;
             print!("{}", self::bench::overhead::table(&report));
             if let Some(p) = json {
                 crate::telemetry::summary::write_json(p, &report)?;

@@ -5,15 +5,14 @@
 //! noise) so their JPEG sizes per resolution, which drive the emulated uplink, resemble those of
 //! real photos; a flat image would compress to almost nothing and hide the bandwidth bottleneck.
 
-use std::io::Cursor;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use image::codecs::jpeg::JpegEncoder;
 use image::imageops::FilterType;
 use image::{Rgb, RgbImage};
 
+use super::config::{FleetConfig, Subsampling};
 use crate::rng::SplitMix64;
 
 /// Scenes to cycle through: clients start on different ones, so the server does not see one
@@ -26,16 +25,38 @@ pub struct ImageSet {
     encoded: Vec<Vec<Bytes>>,
 }
 
+/// How the images are encoded: JPEG quality (1–100) and chroma subsampling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Encoding {
+    pub quality: u8,
+    pub subsampling: Subsampling,
+}
+
+impl Encoding {
+    pub fn of(cfg: &FleetConfig) -> Self {
+        Self { quality: cfg.jpeg_quality, subsampling: cfg.jpeg_subsampling }
+    }
+}
+
 impl ImageSet {
-    pub fn synthetic(resolutions: &[u16], quality: u8) -> Result<Self> {
+    /// What the fleet configured by `cfg` sends, at `resolutions`: the photos in `cfg.images`,
+    /// or the synthetic scenes when that is empty.
+    pub fn for_fleet(cfg: &FleetConfig, resolutions: &[u16]) -> Result<Self> {
+        match cfg.images.as_os_str().is_empty() {
+            true => Self::synthetic(resolutions, Encoding::of(cfg)),
+            false => Self::from_dir(&cfg.images, resolutions, Encoding::of(cfg)),
+        }
+    }
+
+    pub fn synthetic(resolutions: &[u16], enc: Encoding) -> Result<Self> {
         let side = *resolutions.first().context("empty resolution ladder")? as u32;
         let scenes = (0..SYNTHETIC_SCENES as u64).map(|seed| scene(side, seed)).collect::<Vec<_>>();
-        Self::encode_all(&scenes, resolutions, quality)
+        Self::encode_all(&scenes, resolutions, enc)
     }
 
     /// The user's photos (`--images DIR`: every JPEG and PNG in it), centre-cropped to a square
     /// and scaled to each resolution.
-    pub fn from_dir(dir: &Path, resolutions: &[u16], quality: u8) -> Result<Self> {
+    pub fn from_dir(dir: &Path, resolutions: &[u16], enc: Encoding) -> Result<Self> {
         let mut paths: Vec<_> = std::fs::read_dir(dir)
             .with_context(|| format!("cannot read image folder {}", dir.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -52,10 +73,10 @@ impl ImageSet {
             .iter()
             .map(|p| Ok(square(image::open(p).with_context(|| format!("cannot decode {}", p.display()))?.into_rgb8())))
             .collect::<Result<Vec<_>>>()?;
-        Self::encode_all(&photos, resolutions, quality)
+        Self::encode_all(&photos, resolutions, enc)
     }
 
-    fn encode_all(sources: &[RgbImage], resolutions: &[u16], quality: u8) -> Result<Self> {
+    fn encode_all(sources: &[RgbImage], resolutions: &[u16], enc: Encoding) -> Result<Self> {
         let encoded = sources
             .iter()
             .map(|src| {
@@ -63,7 +84,7 @@ impl ImageSet {
                     .iter()
                     .map(|&r| {
                         let img = image::imageops::resize(src, r as u32, r as u32, FilterType::Triangle);
-                        jpeg(&img, quality)
+                        jpeg(&img, enc)
                     })
                     .collect::<Result<Vec<_>>>()
             })
@@ -87,9 +108,19 @@ impl ImageSet {
     }
 }
 
-fn jpeg(img: &RgbImage, quality: u8) -> Result<Bytes> {
+/// Baseline JPEG with the standard (Annex K) tables scaled to `enc.quality`, as a client's
+/// libjpeg would write it.
+fn jpeg(img: &RgbImage, enc: Encoding) -> Result<Bytes> {
+    use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
     let mut out = Vec::new();
-    JpegEncoder::new_with_quality(&mut Cursor::new(&mut out), quality).encode_image(img)?;
+    let mut e = Encoder::new(&mut out, enc.quality);
+    e.set_sampling_factor(match enc.subsampling {
+        Subsampling::S420 => SamplingFactor::R_4_2_0,
+        Subsampling::S422 => SamplingFactor::R_4_2_2,
+        Subsampling::S444 => SamplingFactor::R_4_4_4,
+    });
+    let (w, h) = (u16::try_from(img.width())?, u16::try_from(img.height())?);
+    e.encode(img.as_raw(), w, h, ColorType::Rgb)?;
     Ok(out.into())
 }
 
@@ -164,9 +195,11 @@ fn scene(side: u32, seed: u64) -> RgbImage {
 mod tests {
     use super::*;
 
+    const ENC80: Encoding = Encoding { quality: 80, subsampling: Subsampling::S444 };
+
     #[test]
     fn synthetic_images_decode_at_every_resolution_and_shrink_with_it() {
-        let set = ImageSet::synthetic(&[224, 160, 96], 75).unwrap();
+        let set = ImageSet::synthetic(&[224, 160, 96], Encoding { quality: 75, subsampling: Subsampling::S420 }).unwrap();
         assert_eq!(set.count(), SYNTHETIC_SCENES);
         for (level, side) in [224u32, 160, 96].into_iter().enumerate() {
             let img = image::load_from_memory(&set.get(1, level)).unwrap();
@@ -177,6 +210,30 @@ mod tests {
         // Textured like a photo: a 224-px JPEG at quality 75 of a real scene is ~8–20 kB; a flat
         // image would be ~1 kB.
         assert!(sizes[0] > 6_000, "{sizes:?}");
+    }
+
+    /// (horizontal, vertical) sampling factors of each component, from the JPEG's SOF0 header.
+    fn sampling_factors(jpg: &[u8]) -> Vec<(u8, u8)> {
+        let sof = jpg.windows(2).position(|w| w == [0xFF, 0xC0]).expect("baseline frame header");
+        let n = jpg[sof + 9] as usize;
+        (0..n).map(|c| jpg[sof + 11 + 3 * c]).map(|f| (f >> 4, f & 15)).collect()
+    }
+
+    #[test]
+    fn subsampling_is_what_the_config_says() {
+        let enc = |subsampling| ImageSet::synthetic(&[224], Encoding { quality: 75, subsampling }).unwrap();
+        let (s420, s422, s444) = (enc(Subsampling::S420), enc(Subsampling::S422), enc(Subsampling::S444));
+        assert_eq!(sampling_factors(&s420.get(0, 0)), [(2, 2), (1, 1), (1, 1)]);
+        assert_eq!(sampling_factors(&s422.get(0, 0)), [(2, 1), (1, 1), (1, 1)]);
+        assert_eq!(sampling_factors(&s444.get(0, 0)), [(1, 1), (1, 1), (1, 1)]);
+        // Less colour data, fewer bytes; and the same picture once decoded, up to the chroma's
+        // lower resolution.
+        let (small, full) = (s420.mean_bytes()[0], s444.mean_bytes()[0]);
+        assert!(small < full, "4:2:0 {small} bytes, 4:4:4 {full}");
+        let a = image::load_from_memory(&s420.get(2, 0)).unwrap().into_rgb8();
+        let b = image::load_from_memory(&s444.get(2, 0)).unwrap().into_rgb8();
+        let mad = a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| (*x as f64 - *y as f64).abs()).sum::<f64>() / a.as_raw().len() as f64;
+        assert!(mad < 8.0, "mean absolute difference {mad}");
     }
 
     #[test]
@@ -191,11 +248,11 @@ mod tests {
         scene(300, 9).save(dir.path().join("a.png")).unwrap();
         image::imageops::resize(&scene(300, 3), 300, 200, FilterType::Nearest).save(dir.path().join("b.jpg")).unwrap();
         std::fs::write(dir.path().join("notes.txt"), "not an image").unwrap();
-        let set = ImageSet::from_dir(dir.path(), &[128, 64], 80).unwrap();
+        let set = ImageSet::from_dir(dir.path(), &[128, 64], ENC80).unwrap();
         assert_eq!(set.count(), 2);
         let img = image::load_from_memory(&set.get(1, 1)).unwrap();
         assert_eq!((img.width(), img.height()), (64, 64));
         let empty = tempfile::tempdir().unwrap();
-        assert!(ImageSet::from_dir(empty.path(), &[64], 80).unwrap_err().to_string().contains("no JPEG or PNG"));
+        assert!(ImageSet::from_dir(empty.path(), &[64], ENC80).unwrap_err().to_string().contains("no JPEG or PNG"));
     }
 }

@@ -87,16 +87,8 @@ impl Fleet {
     /// `cfg.ramp_at_start`, the ramp. Events go to `telemetry` when given, else to the log.
     pub async fn start(cfg: &FleetConfig, addr: SocketAddr, telemetry: Option<Arc<Telemetry>>) -> Result<Arc<Fleet>> {
         let images = {
-            let (res, q, dir) = (cfg.resolutions.clone(), cfg.jpeg_quality, cfg.images.clone());
-            tokio::task::spawn_blocking(move || {
-                if dir.as_os_str().is_empty() {
-                    ImageSet::synthetic(&res, q)
-                } else {
-                    ImageSet::from_dir(&dir, &res, q)
-                }
-            })
-            .await
-            .context("image preparation panicked")??
+            let cfg = cfg.clone();
+            tokio::task::spawn_blocking(move || ImageSet::for_fleet(&cfg, &cfg.resolutions)).await.context("image preparation panicked")??
         };
         let l = &cfg.link;
         let link = l.enabled.then(|| {

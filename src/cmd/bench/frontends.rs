@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::fleet::images::ImageSet;
+use crate::fleet::images::{Encoding, ImageSet};
 use crate::server::grpc::proto::{self, grpc_inference_service_client::GrpcInferenceServiceClient};
 use crate::service::Service;
 
@@ -61,7 +61,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, cfg: &Config, clients: &[usize], s
     // Every client may have a request in the system; none is refused for the bench's sake.
     c.server.max_waiting = c.server.max_waiting.max(4 * clients.iter().copied().max().unwrap_or(1));
     c.fleet.clients = 0;
-    let image = ImageSet::synthetic(&[224], c.fleet.jpeg_quality)?.get(0, 0);
+    let image = ImageSet::synthetic(&[224], Encoding::of(&c.fleet))?.get(0, 0);
     runtime.block_on(async {
         let service = Service::start(c).await?;
         let model = service.engine.ladder.last().map(|m| m.name.clone()).unwrap_or_default();

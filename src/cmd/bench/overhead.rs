@@ -26,6 +26,7 @@ use crate::dispatch::policy::PolicyName;
 use crate::engine::preprocess::{self, Preprocessor};
 use crate::engine::session::ModelSession;
 use crate::engine::{backend, warm_up};
+use crate::fleet::config::Subsampling;
 use crate::fleet::images::ImageSet;
 use crate::models::{Ladder, ModelSpec};
 use crate::protocol::{Class, Request, Response, Status, Timings};
@@ -62,6 +63,7 @@ pub struct StageTimes {
 #[derive(Debug, Serialize)]
 pub struct ResolutionRow {
     pub resolution: u16,
+    pub subsampling: Subsampling,
     pub jpeg_bytes: usize,
     /// This build's path, per stage, p50 over the iterations.
     pub stages: StageTimes,
@@ -188,7 +190,14 @@ pub async fn cheapest_run(cfg: &Config, clients: usize, resolution: Option<u16>,
     Ok(CheapestRun { rps, round_trip_ms, inference_ms })
 }
 
-pub fn run(runtime: &tokio::runtime::Runtime, cfg: &Config, resolutions: &[u16], iters: usize, secs: f64) -> Result<OverheadReport> {
+pub fn run(
+    runtime: &tokio::runtime::Runtime,
+    cfg: &Config,
+    resolutions: &[u16],
+    subsampling: &[Subsampling],
+    iters: usize,
+    secs: f64,
+) -> Result<OverheadReport> {
     // k is the machine's cores (the CPU the requests share), not the executor's threads.
     let (cores, workers) = (crate::engine::config::cores(), cfg.engine.pool_workers());
     backend::init(&cfg.engine)?;
@@ -200,12 +209,13 @@ pub fn run(runtime: &tokio::runtime::Runtime, cfg: &Config, resolutions: &[u16],
     let cheapest_p50_ms = warm_up(&mut session, 200)? / 1000.0;
     drop(session);
     let mut rows = Vec::new();
-    for &r in resolutions {
-        let images = match cfg.fleet.images.as_os_str().is_empty() {
-            true => ImageSet::synthetic(&[r], cfg.fleet.jpeg_quality)?,
-            false => ImageSet::from_dir(&cfg.fleet.images, &[r], cfg.fleet.jpeg_quality)?,
-        };
-        eprintln!("bench overhead: {r} px: stages…");
+    let subsampling = if subsampling.is_empty() { vec![cfg.fleet.jpeg_subsampling] } else { subsampling.to_vec() };
+    for (sub, &r) in subsampling.iter().flat_map(|s| resolutions.iter().map(move |r| (*s, r))) {
+        let mut cfg = cfg.clone();
+        cfg.fleet.jpeg_subsampling = sub;
+        let cfg = &cfg;
+        let images = ImageSet::for_fleet(&cfg.fleet, &[r])?;
+        eprintln!("bench overhead: {r} px, {sub}: stages…");
         let (stages, previous, diff) = stages(&images, 0, &cheapest, &ladder.models, iters);
         eprintln!("bench overhead: {r} px: saturated static-cheapest, {} clients, {secs} s…", 16 * workers);
         let rps = runtime.block_on(cheapest_run(cfg, 16 * workers, Some(r), secs))?.rps;
@@ -213,6 +223,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, cfg: &Config, resolutions: &[u16],
         let alone = runtime.block_on(cheapest_run(cfg, 1, Some(r), secs))?;
         rows.push(ResolutionRow {
             resolution: r,
+            subsampling: sub,
             jpeg_bytes: images.mean_bytes()[0],
             stages,
             previous_decode_resize_us: previous,
@@ -227,14 +238,15 @@ pub fn run(runtime: &tokio::runtime::Runtime, cfg: &Config, resolutions: &[u16],
 
 pub fn table(r: &OverheadReport) -> String {
     let mut s = format!(
-        "{} cores; cheapest model {} at {:.3} ms (bare p50)\n\n| input px | JPEG bytes | decode µs | resize µs | normalise µs | decision µs | framing µs | stages µs | previous decode+resize µs | resize Δ (0–255) | saturated req/s | overhead ms (k/X − c) | 1-client overhead ms |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "{} cores; cheapest model {} at {:.3} ms (bare p50)\n\n| input px | chroma | JPEG bytes | decode µs | resize µs | normalise µs | decision µs | framing µs | stages µs | previous decode+resize µs | resize Δ (0–255) | saturated req/s | overhead ms (k/X − c) | 1-client overhead ms |\n|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         r.cores, r.cheapest_model, r.cheapest_p50_ms
     );
     for x in &r.rows {
         let st = &x.stages;
         s.push_str(&format!(
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.1} | {:.2} | {:.0} | {:.3} | {} |\n",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.1} | {:.2} | {:.0} | {:.3} | {} |\n",
             x.resolution,
+            x.subsampling,
             x.jpeg_bytes,
             st.decode_us,
             st.resize_us,
