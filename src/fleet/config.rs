@@ -71,12 +71,10 @@ pub enum Subsampling {
 }
 
 impl std::fmt::Display for Subsampling {
+    /// The name the config and the flag use ("4:2:0"), from the one place it is written.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Subsampling::S420 => "4:2:0",
-            Subsampling::S422 => "4:2:2",
-            Subsampling::S444 => "4:4:4",
-        })
+        let v = clap::ValueEnum::to_possible_value(self).expect("no variant is skipped");
+        f.write_str(v.get_name())
     }
 }
 

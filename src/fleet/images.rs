@@ -226,6 +226,7 @@ mod tests {
         assert_eq!(sampling_factors(&s420.get(0, 0)), [(2, 2), (1, 1), (1, 1)]);
         assert_eq!(sampling_factors(&s422.get(0, 0)), [(2, 1), (1, 1), (1, 1)]);
         assert_eq!(sampling_factors(&s444.get(0, 0)), [(1, 1), (1, 1), (1, 1)]);
+        assert_eq!([Subsampling::S420, Subsampling::S422, Subsampling::S444].map(|s| s.to_string()), ["4:2:0", "4:2:2", "4:4:4"]);
         // Less colour data, fewer bytes; and the same picture once decoded, up to the chroma's
         // lower resolution.
         let (small, full) = (s420.mean_bytes()[0], s444.mean_bytes()[0]);
