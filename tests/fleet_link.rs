@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use edgeinfer::config::{BackendChoice, FleetConfig};
 use edgeinfer::control::FleetControl;
+use edgeinfer::fleet::images::ImageSet;
 use edgeinfer::fleet::Fleet;
 
 const TC_UPPER: f64 = 200.0;
@@ -34,9 +35,11 @@ fn link_fleet_config() -> FleetConfig {
         hold_ms: 200,
         ..FleetConfig::default()
     };
-    // A 2 Mbit/s cell: 8 clients sending 160-px images (~8 kB) wait ~250 ms for their share,
-    // one client alone ~35 ms.
-    f.link.cell_mbps = 2.0;
+    // The cell's rate comes from the images the fleet will actually send, so the scenario does not
+    // drift with the encoder's settings: 8 clients sending R_1 images wait ~250 ms for their share
+    // (over TC_upper), one client alone ~31 ms plus the RTT (under TC_lower).
+    let r1_bytes = ImageSet::for_fleet(&f, &f.resolutions).unwrap().mean_bytes()[0] as f64;
+    f.link.cell_mbps = 8.0 * r1_bytes * 8.0 / 0.250 / 1e6;
     f.link.client_cap_mbps = 0.0;
     f.link.rtt_ms = 10.0;
     f
