@@ -41,17 +41,31 @@ impl AtomicF64 {
     }
 }
 
-#[derive(Default)]
 struct QueueStats {
     depth: AtomicUsize,
     ewma_us: AtomicF64,
     /// Bare cost from the warm-up runs, µs: what the cost model scales.
     baseline_us: AtomicF64,
+    /// This model's cost on the executor relative to the others', beyond the shared
+    /// contention factor (see [`Dispatcher::estimate_us`]). Starts at 1.
+    relative: AtomicF64,
+}
+
+impl QueueStats {
+    fn new() -> Self {
+        QueueStats { depth: AtomicUsize::new(0), ewma_us: AtomicF64::new(0.0), baseline_us: AtomicF64::new(0.0), relative: AtomicF64::new(1.0) }
+    }
 }
 
 /// Weight of one run in the contention factor: ~50 runs of memory, so a load change shows
 /// within a few milliseconds at the cheap end and one-off slow runs do not swing it.
 const CONTENTION_WEIGHT: f64 = 0.02;
+/// Weight of one run of a model in its relative factor: 20× slower than the shared factor, so a
+/// change of the machine's speed is taken up by the shared factor before it can be mistaken for
+/// a change of one model's cost (with one model running alone the two cannot be told apart).
+const RELATIVE_WEIGHT: f64 = 0.001;
+/// The range a relative factor is kept in.
+const RELATIVE_RANGE: (f64, f64) = (0.25, 4.0);
 /// Weight of one request in the moving average of the work beside inference.
 const OVERHEAD_WEIGHT: f64 = 0.02;
 
@@ -74,7 +88,7 @@ impl Dispatcher {
         assert!(queues > 0, "a ladder has at least one model");
         Self {
             policy,
-            queues: (0..queues).map(|_| QueueStats::default()).collect(),
+            queues: (0..queues).map(|_| QueueStats::new()).collect(),
             bound_us: AtomicF64::new(bound_ms * 1000.0),
             ewma_weight,
             contention: AtomicF64::new(1.0),
@@ -128,7 +142,11 @@ impl Dispatcher {
         q.ewma_us.update(|old| ewma(old, inference_us, w));
         let base = q.baseline_us.get();
         if base > 0.0 {
-            self.contention.update(|old| ewma(old, inference_us / base, CONTENTION_WEIGHT));
+            // The shared factor first, from this run with the model's own factor taken out; then
+            // the model's factor, from what the shared one leaves unexplained.
+            let ratio = inference_us / base;
+            let shared = self.contention.update(|old| ewma(old, ratio / q.relative.get(), CONTENTION_WEIGHT));
+            q.relative.update(|old| ewma(old, ratio / shared, RELATIVE_WEIGHT).clamp(RELATIVE_RANGE.0, RELATIVE_RANGE.1));
         }
         q.depth.fetch_sub(1, Ordering::Relaxed);
     }
@@ -138,16 +156,27 @@ impl Dispatcher {
         self.queues[queue].depth.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// What model `queue` costs on the executor now, µs: its bare cost × the contention factor
-    /// of recent runs of *any* model. A per-model average goes stale for models the policy
-    /// stops choosing — it keeps the value of its last, contended runs, and a model once slowed
-    /// is never chosen again. Normalising by one shared factor keeps every model's estimate as
-    /// current as the busiest one's, without probe runs that would cost accuracy.
+    /// What model `queue` costs on the executor now, µs: bare cost × its relative factor × the
+    /// shared contention factor, `b_i · r_i · s(t)`.
+    ///
+    /// `s(t)` is how much the executor is slowed now (other threads on the cores, the machine's
+    /// own speed), learned from recent runs of *any* model: a per-model average goes stale for
+    /// models the policy stops choosing — it keeps the value of its last, contended runs, and a
+    /// model once slowed is never chosen again. One shared factor keeps every estimate as
+    /// current as the busiest model's, without probe runs that would cost accuracy.
+    ///
+    /// `r_i` is what one shared factor cannot say: models are not slowed alike. On 2 cores the
+    /// cheapest rungs ran at 1.3–1.7× bare under load (they are short, so the cache refills and
+    /// time slices lost to the sockets' threads weigh more) while the mid rungs ran at ~1.0×.
+    /// With `s` alone, a mix heavy in cheap runs raised every estimate, the dearer rungs looked
+    /// dearer than they were, the policy chose cheaper still: a feedback that swung accuracy
+    /// by ±5 points at a steady load (56–64 clients, 2 cores). `r_i` learns slowly and only when
+    /// model i runs; being relative to `s`, it does not go stale when the machine's speed moves.
     pub fn estimate_us(&self, queue: usize) -> f64 {
         let q = &self.queues[queue];
         let base = q.baseline_us.get();
         if base > 0.0 {
-            base * self.contention.get()
+            base * q.relative.get() * self.contention.get()
         } else {
             q.ewma_us.get()
         }
@@ -234,14 +263,48 @@ mod tests {
             d.begin(2);
             d.complete(2, 2_000.0);
         }
-        assert!((d.contention() - 2.0).abs() < 1e-6, "{}", d.contention());
-        assert!((d.estimate_us(0) - 20_000.0).abs() < 1.0);
-        // Contention gone: back to the bare costs.
+        assert!((d.estimate_us(2) - 2_000.0).abs() < 1.0, "{}", d.estimate_us(2));
+        // With one model running alone, a slower machine and a slower model look alike: while
+        // the shared factor catches up, the model's own factor takes a little of it (≤ 5 %).
+        let e0 = d.estimate_us(0);
+        assert!((19_000.0..=20_000.0).contains(&e0), "{e0}");
+        // Contention gone: back to the bare costs, for the model that ran and the one that did not.
         for _ in 0..2000 {
             d.begin(1);
             d.complete(1, 4_000.0);
         }
-        assert!((d.estimate_us(0) - 10_000.0).abs() < 1.0);
+        assert!((d.estimate_us(1) - 4_000.0).abs() < 1.0, "{}", d.estimate_us(1));
+        assert!((d.estimate_us(0) - 10_000.0).abs() < 500.0, "{}", d.estimate_us(0));
+    }
+
+    /// Runs queues 2 and 1 alternately, `n` times each, at these costs (µs), and returns their
+    /// estimates afterwards.
+    fn run_mixed(d: &Dispatcher, n: usize, cost2: f64, cost1: f64) -> (f64, f64) {
+        for _ in 0..n {
+            for (q, us) in [(2, cost2), (1, cost1)] {
+                d.begin(q);
+                d.complete(q, us);
+            }
+        }
+        (d.estimate_us(2), d.estimate_us(1))
+    }
+
+    #[test]
+    fn models_slowed_unalike_keep_their_own_estimates() {
+        let d = dispatcher(30.0);
+        // Under load, queue 2 (short runs) costs 1.6× bare, queue 1 costs bare: run them mixed.
+        let (e2, e1) = run_mixed(&d, 20_000, 1_600.0, 4_000.0);
+        assert!((e1 - 4_000.0).abs() < 100.0 && (e2 - 1_600.0).abs() < 40.0, "{e1} {e2}");
+        // One shared factor alone would have priced both at ~1.3× bare: queue 1 at ~5,200 µs.
+        // A model that never ran has no factor of its own: it is priced at the shared one.
+        let unused_before = d.estimate_us(0);
+        assert!((unused_before / 10_000.0 - d.contention()).abs() < 1e-9);
+        // The whole machine then slows by half: every estimate follows, the unused queue 0's too,
+        // keeping each model's own factor.
+        let (e2, e1) = run_mixed(&d, 500, 2_400.0, 6_000.0);
+        assert!((e1 - 6_000.0).abs() < 300.0 && (e2 - 2_400.0).abs() < 120.0, "{e1} {e2}");
+        let slowed = d.estimate_us(0) / unused_before;
+        assert!((1.4..=1.6).contains(&slowed), "{slowed}");
     }
 
     #[test]
