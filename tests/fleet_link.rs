@@ -39,7 +39,7 @@ fn link_fleet_config() -> FleetConfig {
     // drift with the encoder's settings: 8 clients sending R_1 images wait ~250 ms for their share
     // (over TC_upper), one client alone ~31 ms plus the RTT (under TC_lower).
     let r1_bytes = ImageSet::for_fleet(&f, &f.resolutions).unwrap().mean_bytes()[0] as f64;
-    f.link.cell_mbps = 8.0 * r1_bytes * 8.0 / 0.250 / 1e6;
+    f.link.cell_mbps = f.clients as f64 * r1_bytes * 8.0 / 0.250 / 1e6;
     f.link.client_cap_mbps = 0.0;
     f.link.rtt_ms = 10.0;
     f

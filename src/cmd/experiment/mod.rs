@@ -161,20 +161,26 @@ struct PolicyRun {
     levels: Vec<Level>,
 }
 
-/// The yardstick's prices when every executor thread runs the model at once.
-struct Parallel {
+/// One pricing of the ladder for the optimum: every model at `price`, and the per-request
+/// overhead the probe's throughput leaves beside the cheapest model at that price,
+/// o = k / X − c_cheapest.
+struct Yardstick {
     points: Vec<Point>,
+    /// The cheapest model of the ladder (by bare cost: the one the probe ran), at this price, ms.
     cheapest_ms: f64,
-    /// k / X − the cheapest model's all-cores cost, ms.
     overhead_ms: f64,
 }
 
-impl Parallel {
-    fn of(fig1: &BenchReport, cores: usize, rps: f64) -> Parallel {
-        let points: Vec<Point> = fig1.models.iter().map(|m| Point { cost_ms: m.all_cores_p50_ms, accuracy: m.accuracy as f64 }).collect();
-        // The cheapest model of the ladder (by bare cost), at its all-cores price: the one the probe ran.
-        let cheapest_ms = fig1.models.iter().min_by(|a, b| a.bare_p50_ms.total_cmp(&b.bare_p50_ms)).map_or(0.0, |m| m.all_cores_p50_ms);
-        Parallel { points, cheapest_ms, overhead_ms: (cores as f64 * 1000.0 / rps.max(1e-9) - cheapest_ms).max(0.0) }
+impl Yardstick {
+    fn of(fig1: &BenchReport, cores: usize, rps: f64, price: impl Fn(&bench::ModelBench) -> f64) -> Yardstick {
+        let points = fig1.models.iter().map(|m| Point { cost_ms: price(m), accuracy: m.accuracy as f64 }).collect();
+        let cheapest_ms = fig1.models.iter().min_by(|a, b| a.bare_p50_ms.total_cmp(&b.bare_p50_ms)).map_or(0.0, &price);
+        Yardstick { points, cheapest_ms, overhead_ms: (cores as f64 * 1000.0 / rps.max(1e-9) - cheapest_ms).max(0.0) }
+    }
+
+    /// The optimum with `clients` closed-loop clients on `cores` cores within `bound_ms`.
+    fn at(&self, cores: usize, bound_ms: f64, clients: usize) -> Option<optimum::Optimum> {
+        optimum_within(&self.points, cores as f64 * bound_ms / clients.max(1) as f64 - self.overhead_ms)
     }
 }
 
@@ -218,12 +224,12 @@ pub fn run(runtime: &tokio::runtime::Runtime, base: Config, opts: &ExperimentOpt
     let probe_s = if opts.quick { 4.0 } else { 10.0 };
     eprintln!("experiment: saturation probe (static-cheapest, {probe_clients} clients, {probe_s:.0} s)…");
     let rps = runtime.block_on(bench::overhead::cheapest_run(&base, probe_clients, None, probe_s))?.rps;
-    let cheapest_ms = fig1.models.iter().map(|m| m.bare_p50_ms).fold(f64::INFINITY, f64::min);
+    let bare = Yardstick::of(&fig1, cores, rps, |m| m.bare_p50_ms);
     let sat = Saturation {
         clients: probe_clients,
         rps,
-        cheapest_ms,
-        overhead_ms: (cores as f64 * 1000.0 / rps.max(1e-9) - cheapest_ms).max(0.0),
+        cheapest_ms: bare.cheapest_ms,
+        overhead_ms: bare.overhead_ms,
         saturation_clients: rps * t / 1000.0,
     };
     eprintln!(
@@ -383,11 +389,11 @@ fn report_md(
 ) -> String {
     let (workers, cores) = (cfg.engine.pool_workers(), crate::engine::config::cores());
     let t = cfg.dispatch.latency_bound_ms;
-    let points: Vec<Point> = fig1.models.iter().map(|m| Point { cost_ms: m.bare_p50_ms, accuracy: m.accuracy as f64 }).collect();
+    let bare = Yardstick::of(fig1, cores, sat.rps, |m| m.bare_p50_ms);
     // The same yardstick priced at what each rung costs while every executor thread runs it
     // (Figure 1's last column): cores share caches and memory bandwidth, so k runs at once are
     // not k bare runs. Its overhead is what is left of the probe's k/X beside that price.
-    let parallel = Parallel::of(fig1, cores, sat.rps);
+    let parallel = Yardstick::of(fig1, cores, sat.rps, |m| m.all_cores_p50_ms);
     let goal_top = 0.9 * sat.saturation_clients;
     let mut s = String::new();
     let _ = writeln!(s, "# edgeinfer experiment report\n");
@@ -453,10 +459,10 @@ fn report_md(
             r.name
         );
         for l in &r.levels {
-            let opt = optimum_within(&points, cores as f64 * t / l.clients.max(1) as f64 - sat.overhead_ms);
-            let old = optimum(&points, l.clients, cores, t);
+            let opt = bare.at(cores, t, l.clients);
+            let old = optimum(&bare.points, l.clients, cores, t);
             let frac = l.accuracy.zip(opt).map(|(a, o)| a / o.accuracy);
-            let all = optimum_within(&parallel.points, cores as f64 * t / l.clients.max(1) as f64 - parallel.overhead_ms);
+            let all = parallel.at(cores, t, l.clients);
             let all_frac = l.accuracy.zip(all).map(|(a, o)| a / o.accuracy);
             let goal = if (l.clients as f64) > goal_top {
                 ""
@@ -591,10 +597,14 @@ mod tests {
             models: vec![model("big", 70.0, 2.0, 2.2), model("small", 40.0, 0.4, 0.6)],
         };
         // 2 cores at 2,000 req/s: 1 ms of CPU per request, 0.6 of it the cheapest at its parallel price.
-        let p = Parallel::of(&fig1, 2, 2000.0);
+        let p = Yardstick::of(&fig1, 2, 2000.0, |m| m.all_cores_p50_ms);
         assert_eq!(p.cheapest_ms, 0.6);
         assert!((p.overhead_ms - 0.4).abs() < 1e-12);
         assert_eq!(p.points, vec![Point { cost_ms: 2.2, accuracy: 70.0 }, Point { cost_ms: 0.6, accuracy: 40.0 }]);
+        // Priced bare, the same probe leaves 0.6 ms beside the cheapest model's 0.4.
+        let b = Yardstick::of(&fig1, 2, 2000.0, |m| m.bare_p50_ms);
+        assert_eq!(b.cheapest_ms, 0.4);
+        assert!((b.overhead_ms - 0.6).abs() < 1e-12);
     }
 
     #[test]
