@@ -27,14 +27,10 @@ async fn ramp_on_the_compute_bottleneck_lowers_accuracy_and_keeps_the_slo() {
     let f = &mut cfg.fleet;
     (f.clients, f.ramp_at_start, f.ramp_step, f.ramp_every_s, f.max_clients) = (1, true, 6, 0.5, 24);
     f.link.enabled = false;
-    // Think time keeps the offered load under the server's capacity, so the server's latency
-    // is what the dispatcher makes of bursts (as with real users), not N / throughput of a
-    // saturated closed loop, which no dispatcher could keep under T.
-    f.think_ms = 15;
     f.resolutions = vec![96, 64];
     // Client thresholds far above any latency here: this test is about the server's loop.
     (f.tc_lower_ms, f.tc_upper_ms) = (5_000.0, 10_000.0);
-    let svc = Service::start(cfg).await.unwrap();
+    let mut svc = Service::start(cfg).await.unwrap();
     // T = an idle request's own server time (decode, resize, inference: the dispatcher's
     // estimate leaves out the first two) + six inferences of the most accurate model: one client
     // always finds the top queue under T; the bursts of two dozen do not, and spill down.
@@ -48,7 +44,17 @@ async fn ramp_on_the_compute_bottleneck_lowers_accuracy_and_keeps_the_slo() {
     let ewma0 = svc.engine.dispatcher.snapshot()[0].ewma_us / 1000.0;
     let bound = idle[10] as f64 / 1000.0 + 6.0 * ewma0;
     svc.control.set_bound_ms(bound).unwrap();
-    eprintln!("ewma0 {ewma0:.3} ms, idle p50 {} us, T {bound:.3} ms", idle[10]);
+    // Think time, from the same measurements: 24 clients offer about twice what the top model's
+    // one worker serves, 1 client a small fraction of it. A fixed think time made the test a
+    // bet on the machine's speed: 24 clients thinking 15 ms leave a 0.585 ms top model 80 % busy,
+    // and on a fast runner nothing ever spilled. Were nothing to spill here, the closed loop
+    // would settle where N = X·(think + R) with X ≤ 1/c: a top queue about 12 deep, its estimate
+    // 13·c against T ≈ 7.5·c. Think time also keeps the load under the whole ladder's capacity,
+    // so the server's latency is what the dispatcher makes of it, not N / throughput of a
+    // saturated closed loop, which no dispatcher could keep under T.
+    let think_ms = (12.0 * ewma0 - idle[10] as f64 / 1000.0).round().max(1.0);
+    svc.config.fleet.think_ms = think_ms as u64;
+    eprintln!("ewma0 {ewma0:.3} ms, idle p50 {} us, T {bound:.3} ms, think {think_ms} ms", idle[10]);
     let summary_path = dir.path().join("summary.json");
     let ts_path = dir.path().join("ts.csv");
     let opts =
@@ -71,10 +77,11 @@ async fn ramp_on_the_compute_bottleneck_lowers_accuracy_and_keeps_the_slo() {
     assert!(c.answered > 50, "{c:?}");
     assert_eq!(s.requests, c.answered + 20, "the server answered the probe and exactly what the fleet sent");
     let slo = s.slo_attainment.unwrap();
-    // Typically ~0.75-0.98 here. Not higher, because the server latency counted against T
-    // includes decoding and resizing, which the paper's estimate leaves out and which two cores
-    // shared by 24 clients' decoding (and, here, other builds) stretch.
-    assert!(slo > 0.6, "SLO attainment {slo}");
+    // 0.63-0.92 over 13 runs here. Not higher, because `paper` fills the top queue until its
+    // own estimate reaches T, and that estimate leaves out the decoding and resizing counted in
+    // the server's latency (which two cores shared by 24 clients, and here other builds,
+    // stretch): under overload the requests sent to a full queue overrun T by that much.
+    assert!(slo > 0.5, "SLO attainment {slo}");
     let clients = s.clients.as_ref().unwrap();
     assert_eq!(clients.final_count, 24);
 
