@@ -16,6 +16,7 @@ use crate::control::Control;
 use crate::engine::Engine;
 use crate::fleet::Fleet;
 use crate::server::oip::{Listener, Oip};
+use crate::server::open::OpenConnections;
 use crate::server::Server;
 use crate::telemetry::summary::{self, BackendSummary, ModelSummary, Summary};
 use crate::telemetry::{Row, Telemetry};
@@ -84,7 +85,9 @@ impl Service {
         if let Some(why) = &engine.backend.fallback_reason {
             telemetry.problem(format!("backend fallback to tract: {why}"));
         }
-        let server = Server::bind(&config.server, engine.clone(), telemetry.clone()).await?;
+        // One count of open connections for every front end: `server.max_connections` caps the node.
+        let open = OpenConnections::new(config.server.max_connections, Some(telemetry.clone()));
+        let server = Server::bind(&config.server, engine.clone(), telemetry.clone(), open.clone()).await?;
         let addr = server.local_addr();
         let shutdown = CancellationToken::new();
         let connections = TaskTracker::new();
@@ -97,6 +100,7 @@ impl Service {
             telemetry.clone(),
             control.clone(),
             &config.server,
+            open,
             &config.models.name,
             (config.dispatch.timeout_min_ms, config.dispatch.timeout_max_ms),
         ));

@@ -17,6 +17,7 @@ use edgeinfer::server::grpc::proto::grpc_inference_service_client::GrpcInference
 use edgeinfer::server::grpc::proto::{self, infer_parameter::ParameterChoice, InferParameter, ModelInferRequest};
 use edgeinfer::server::grpc::{output_data, proto::model_infer_request::InferInputTensor};
 use edgeinfer::server::oip::{bytes_to_raw, fp32_to_raw, OutData};
+use edgeinfer::server::open::Protocol;
 use edgeinfer::service::Service;
 use futures::StreamExt as _;
 use http_body_util::combinators::BoxBody;
@@ -377,9 +378,47 @@ async fn grpc_over_max_connections_is_answered_with_a_status_naming_the_key() {
     assert_eq!(string_param(&a.model_infer(stand_in_call()).await.unwrap().into_inner(), "model"), "m3");
     // Its place freed, a new connection is served.
     drop(a);
-    assert!(common::eventually(5, || svc.oip.connections.grpc.load(std::sync::atomic::Ordering::Relaxed) == 0).await);
+    assert!(common::eventually(5, || svc.oip.connections.open(Protocol::Grpc) == 0).await);
     let mut d = grpc_client(&svc).await;
     assert_eq!(string_param(&d.model_infer(stand_in_call()).await.unwrap().into_inner(), "model"), "m3");
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_cap_holds_across_the_binary_http_and_grpc_front_ends() {
+    use edgeinfer::protocol::Status;
+    use tokio::io::AsyncReadExt;
+    let svc = common::stand_in_service_with(|c| c.server.max_connections = 2).await;
+    // One binary and one gRPC connection fill the node...
+    let mut binary = edgeinfer::client::Client::connect(svc.addr, 1).await.unwrap();
+    assert_eq!(binary.infer(common::png(16, 16).into(), 16).await.unwrap().status, Status::Ok);
+    let mut g = grpc_client(&svc).await;
+    g.model_infer(stand_in_call()).await.unwrap();
+    assert_eq!(svc.oip.connections.total(), 2);
+    assert_eq!(svc.telemetry.connections().open, 2, "the summary's count is the node's");
+    let metrics = svc.oip.scrape();
+    for line in ["edgeinfer_open_connections{protocol=\"binary\"} 1", "edgeinfer_open_connections{protocol=\"grpc\"} 1"] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+    // ...so the first HTTP connection, far under the cap on its own front end, is refused with
+    // the key named (read without sending: the refusal does not wait for a request)...
+    let mut http_socket = tokio::net::TcpStream::connect(svc.http_addr.unwrap()).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), http_socket.read_to_string(&mut answer)).await.unwrap().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("too many connections (server.max_connections = 2)"), "{answer}");
+    // ...and so is one more binary connection.
+    let mut extra = edgeinfer::client::Client::connect(svc.addr, 3).await.unwrap();
+    let refused = extra.recv().await.unwrap();
+    assert_eq!(refused.status, Status::Overloaded);
+    assert!(refused.message.contains("server.max_connections = 2"), "{}", refused.message);
+    assert_eq!(svc.telemetry.connections().refused, 2);
+    // The connections inside the cap carry on; the binary one's place, given back, serves HTTP.
+    g.model_infer(stand_in_call()).await.unwrap();
+    drop(binary);
+    assert!(common::eventually(5, || svc.oip.connections.total() == 1).await);
+    let (status, _, _) = http(svc.http_addr.unwrap(), "GET", "/v2/health/live", &[], vec![]).await;
+    assert_eq!(status, 200);
     svc.stop().await;
 }
 

@@ -12,6 +12,7 @@ pub struct ServerConfig {
     pub max_image_pixels: u64,
     pub top_k: usize,
     pub max_waiting: usize,
+    /// Open connections on all front ends together (`open.rs`).
     pub max_connections: usize,
     pub idle_timeout_ms: u64,
     pub read_timeout_ms: u64,

@@ -13,7 +13,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -35,6 +34,7 @@ use tonic::{Code, Request, Response, Status};
 
 use super::guarded::Guarded;
 use super::oip::{self, Data, InferRequest, InputTensor, Kind, Listener, Oip, OipError, OutData, Param, RequestedOutput, Target};
+use super::open::Protocol;
 
 /// The generated messages, server and client (the client serves tests and `bench frontends`).
 pub mod proto {
@@ -46,10 +46,6 @@ use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceSe
 use proto::infer_parameter::ParameterChoice;
 use proto::model_infer_response::InferOutputTensor;
 use proto::*;
-
-fn open_grpc(o: &Oip) -> &AtomicUsize {
-    &o.connections.grpc
-}
 
 /// The path of the one call that is an inference request (counted in the metrics when refused).
 const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
@@ -80,8 +76,7 @@ pub async fn run(l: Listener, shutdown: CancellationToken) {
     let builder = h2_builder();
     let refusals = Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT));
     while let Some(socket) = l.next(&shutdown, "grpc").await {
-        if open_grpc(&oip).load(Ordering::Relaxed) >= limits.max_connections {
-            oip.telemetry.count_refused_connection();
+        let Some(place) = oip.connections.admit(Protocol::Grpc) else {
             if let Ok(permit) = refusals.clone().try_acquire_owned() {
                 let (oip, builder) = (oip.clone(), builder.clone());
                 tokio::spawn(async move {
@@ -90,9 +85,8 @@ pub async fn run(l: Listener, shutdown: CancellationToken) {
                 });
             }
             continue;
-        }
-        let io = Guarded::new(socket, limits.idle_timeout, limits.write_timeout, Some((oip.clone(), open_grpc)))
-            .http2_read_limit(limits.read_timeout);
+        };
+        let io = Guarded::new(socket, limits.idle_timeout, limits.write_timeout, Some(place)).http2_read_limit(limits.read_timeout);
         let (service, oip) = (service.clone(), oip.clone());
         let hyper_service = service_fn(move |req: http::Request<Incoming>| {
             let mut service = service.clone();

@@ -2,7 +2,8 @@
 //! ends, whose connection loops belong to hyper and tonic: a connection with no bytes in either
 //! direction for `server.idle_timeout_ms` reads as closed by the peer, and a write the peer does
 //! not take within `server.write_timeout_ms` fails. The server then closes it as it would any
-//! connection whose peer went away. It also counts itself as open while it lives.
+//! connection whose peer went away. It also holds the connection's place under
+//! `server.max_connections` while it lives.
 //!
 //! For HTTP/2 (gRPC) it also reads the byte stream frame by frame ([`H2Frames`]): a peer that
 //! stops inside the connection preface, inside a frame, or inside a header block (HEADERS and
@@ -12,8 +13,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,8 +21,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-/// The open-connection counter a connection holds a place in while it lives.
-pub type Counter = (Arc<super::oip::Oip>, fn(&super::oip::Oip) -> &AtomicUsize);
+use super::open::Place;
 
 pub struct Guarded {
     inner: TcpStream,
@@ -32,7 +30,8 @@ pub struct Guarded {
     idle: Pin<Box<Sleep>>,
     /// Armed while a write waits for the peer to read.
     write_stall: Option<Pin<Box<Sleep>>>,
-    open: Option<Counter>,
+    /// Given back when the connection is dropped.
+    _place: Option<Place>,
     /// HTTP/2 only: where the peer's byte stream stands, the read limit, and the deadline armed
     /// while the peer is inside a frame or a header block.
     frames: Option<(H2Frames, Duration)>,
@@ -40,18 +39,15 @@ pub struct Guarded {
 }
 
 impl Guarded {
-    /// `open` names the counter this connection holds a place in while it lives.
-    pub fn new(inner: TcpStream, idle_limit: Duration, write_limit: Duration, open: Option<Counter>) -> Guarded {
-        if let Some((oip, counter)) = &open {
-            counter(oip).fetch_add(1, Ordering::Relaxed);
-        }
+    /// `place` is the connection's place under the cap, held for as long as it lives.
+    pub fn new(inner: TcpStream, idle_limit: Duration, write_limit: Duration, place: Option<Place>) -> Guarded {
         Guarded {
             inner,
             idle_limit,
             write_limit,
             idle: Box::pin(tokio::time::sleep(idle_limit)),
             write_stall: None,
-            open,
+            _place: place,
             frames: None,
             mid_frame: None,
         }
@@ -96,14 +92,6 @@ impl Guarded {
                 Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "peer did not read within server.write_timeout_ms")))
             }
             Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl Drop for Guarded {
-    fn drop(&mut self) {
-        if let Some((oip, counter)) = &self.open {
-            counter(oip).fetch_sub(1, Ordering::Relaxed);
         }
     }
 }

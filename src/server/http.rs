@@ -5,7 +5,6 @@
 //! `guarded.rs` adds the idle and write timeouts. Inference itself is `oip.rs`'s business.
 
 use std::convert::Infallible;
-use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -24,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::guarded::Guarded;
 use super::oip::{self, Data, InferRequest, InferResponse, InputTensor, Kind, Listener, Oip, OipError, OutData, Param, RequestedOutput, Target};
+use super::open::Protocol;
 
 type Body = Full<Bytes>;
 
@@ -34,22 +34,17 @@ pub const HEADER_LENGTH: &str = "inference-header-content-length";
 /// connection is just closed.
 const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
 
-fn open_http(o: &Oip) -> &AtomicUsize {
-    &o.connections.http
-}
-
 /// Accepts until `shutdown`; then stops accepting, lets every request already received be
 /// answered (idle keep-alive connections close at once), and returns.
 pub async fn run(l: Listener, shutdown: CancellationToken) {
     let graceful = GracefulShutdown::new();
     let limits = l.oip.limits.clone();
     while let Some(socket) = l.next(&shutdown, "http").await {
-        if open_http(&l.oip).load(std::sync::atomic::Ordering::Relaxed) >= limits.max_connections {
-            l.oip.telemetry.count_refused_connection();
+        let Some(place) = l.oip.connections.admit(Protocol::Http) else {
             tokio::spawn(refuse(socket, limits.max_connections));
             continue;
-        }
-        let io = Guarded::new(socket, limits.idle_timeout, limits.write_timeout, Some((l.oip.clone(), open_http)));
+        };
+        let io = Guarded::new(socket, limits.idle_timeout, limits.write_timeout, Some(place));
         let oip = l.oip.clone();
         let service = service_fn(move |req| {
             let oip = oip.clone();

@@ -7,11 +7,11 @@ pub mod grpc;
 mod guarded;
 pub mod http;
 pub mod oip;
+pub mod open;
 pub mod pipeline;
 pub mod shutdown;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::engine::Engine;
 use crate::telemetry::Telemetry;
 use config::ServerConfig;
+use open::{OpenConnections, Protocol};
 
 /// Per-connection and per-request limits, from `[server]`.
 #[derive(Debug, Clone)]
@@ -56,17 +57,8 @@ pub struct Shared {
     pub engine: Arc<Engine>,
     pub telemetry: Arc<Telemetry>,
     pub limits: Limits,
-    open: AtomicUsize,
-}
-
-/// Counts a connection as open for as long as it lives.
-struct OpenGuard(Arc<Shared>);
-
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
-        self.0.telemetry.set_open_connections(self.0.open.load(Ordering::Relaxed));
-    }
+    /// The node's connections, shared with the other front ends under one cap.
+    open: Arc<OpenConnections>,
 }
 
 /// A deep accept queue: a cell's worth of devices reconnecting at once (or the fleet starting
@@ -87,10 +79,11 @@ pub struct Server {
 }
 
 impl Server {
-    pub async fn bind(cfg: &ServerConfig, engine: Arc<Engine>, telemetry: Arc<Telemetry>) -> Result<Server> {
+    /// `open` is the node's connection count, which every front end admits into.
+    pub async fn bind(cfg: &ServerConfig, engine: Arc<Engine>, telemetry: Arc<Telemetry>, open: Arc<OpenConnections>) -> Result<Server> {
         let listener = listen(cfg.listen).with_context(|| format!("cannot listen on {}", cfg.listen))?;
         engine.set_max_waiting(cfg.max_waiting);
-        let shared = Arc::new(Shared { engine, telemetry, limits: Limits::from_config(cfg), open: AtomicUsize::new(0) });
+        let shared = Arc::new(Shared { engine, telemetry, limits: Limits::from_config(cfg), open });
         Ok(Server { listener, shared })
     }
 
@@ -110,21 +103,14 @@ impl Server {
                 Ok((socket, peer)) => {
                     let _ = socket.set_nodelay(true);
                     let shared = self.shared.clone();
-                    let max = shared.limits.max_connections;
-                    let open = shared.open.fetch_add(1, Ordering::Relaxed) + 1;
-                    shared.telemetry.set_open_connections(open);
-                    let guard = OpenGuard(shared.clone());
-                    if open > max {
-                        shared.telemetry.count_refused_connection();
-                        tracker.spawn(async move {
-                            let _guard = guard;
-                            connection::refuse(socket, shared, max).await;
-                        });
+                    let Some(place) = shared.open.admit(Protocol::Binary) else {
+                        let max = shared.open.max();
+                        tracker.spawn(connection::refuse(socket, shared, max));
                         continue;
-                    }
+                    };
                     let shutdown = shutdown.clone();
                     tracker.spawn(async move {
-                        let _guard = guard;
+                        let _place = place;
                         connection::handle(socket, peer, shared, shutdown).await;
                     });
                 }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde_json::{json, Value};
 
+use super::open::{OpenConnections, Protocol};
 use super::Limits;
 use crate::control::Control;
 use crate::engine::preprocess::ImageError;
@@ -263,13 +264,6 @@ struct ModelStats {
     last_ms: AtomicU64,
 }
 
-/// Open connections of the OIP front ends, for `/metrics`.
-#[derive(Default)]
-pub struct Connections {
-    pub http: AtomicUsize,
-    pub grpc: AtomicUsize,
-}
-
 /// A front end's bound listening socket, before it serves (`http::run`, `grpc::run`).
 pub struct Listener {
     pub(super) socket: tokio::net::TcpListener,
@@ -328,7 +322,8 @@ pub struct Oip {
     pub telemetry: Arc<Telemetry>,
     pub control: Arc<Control>,
     pub limits: Limits,
-    pub connections: Connections,
+    /// The node's open connections (all front ends, one cap).
+    pub connections: Arc<OpenConnections>,
     /// Set when shutdown begins: readiness turns false, so orchestrators stop routing here.
     pub closing: std::sync::atomic::AtomicBool,
     name: String,
@@ -346,6 +341,7 @@ impl Oip {
         telemetry: Arc<Telemetry>,
         control: Arc<Control>,
         server: &super::config::ServerConfig,
+        connections: Arc<OpenConnections>,
         name: &str,
         timeout_range_ms: (f64, f64),
     ) -> Oip {
@@ -353,7 +349,7 @@ impl Oip {
         let stats = (0..=engine.ladder.len()).map(|_| ModelStats::default()).collect();
         Oip {
             limits: Limits::from_config(server),
-            connections: Connections::default(),
+            connections,
             closing: Default::default(),
             name: name.to_string(),
             timeout_range_ms,
@@ -519,11 +515,7 @@ impl Oip {
             let s = f.snapshot();
             (s.clients.len(), s.resolutions.iter().copied().zip(s.per_resolution.iter().copied()).collect())
         });
-        let connections = vec![
-            ("binary", self.telemetry.connections().open),
-            ("http", self.connections.http.load(Ordering::Relaxed)),
-            ("grpc", self.connections.grpc.load(Ordering::Relaxed)),
-        ];
+        let connections = Protocol::ALL.iter().map(|&p| (p.name(), self.connections.open(p))).collect();
         let s = Scrape { queues, bound_ms: e.dispatcher.bound_ms(), in_system: e.in_system(), backlog: e.backlog(), connections, fleet };
         self.telemetry.metrics.render(&s)
     }

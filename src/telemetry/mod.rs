@@ -77,7 +77,7 @@ struct ConnectionCounters {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ConnectionStats {
-    /// Open right now.
+    /// Open right now, on all front ends together.
     pub open: usize,
     /// Refused over `server.max_connections`.
     pub refused: u64,

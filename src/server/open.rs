@@ -1,0 +1,161 @@
+//! The node's open connections, per front end and in all, and the one cap on them.
+//!
+//! Every front end (binary, HTTP, gRPC) takes a [`Place`] here before it serves a connection and
+//! gives it back when the connection ends. `server.max_connections` is what an operator sizes
+//! for memory and file descriptors, so it caps the node: three front ends that each admitted up
+//! to it would let in three times what was planned for.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::telemetry::Telemetry;
+
+/// The front ends, as counted in `/metrics` (`edgeinfer_open_connections{protocol=…}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Binary,
+    Http,
+    Grpc,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 3] = [Protocol::Binary, Protocol::Http, Protocol::Grpc];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Binary => "binary",
+            Protocol::Http => "http",
+            Protocol::Grpc => "grpc",
+        }
+    }
+}
+
+pub struct OpenConnections {
+    max: usize,
+    total: AtomicUsize,
+    by_protocol: [AtomicUsize; 3],
+    /// Told the total on every change (the summary's and the console's `open`), and every refusal.
+    telemetry: Option<Arc<Telemetry>>,
+}
+
+impl OpenConnections {
+    pub fn new(max: usize, telemetry: Option<Arc<Telemetry>>) -> Arc<Self> {
+        Arc::new(OpenConnections { max, total: AtomicUsize::new(0), by_protocol: Default::default(), telemetry })
+    }
+
+    /// `server.max_connections`.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// A place for one more connection of `protocol`, or `None` (counted as a refusal) when the
+    /// node is at the cap. The check and the count are one atomic step, so connections accepted
+    /// at the same moment on several front ends cannot pass the cap between them.
+    pub fn admit(self: &Arc<Self>, protocol: Protocol) -> Option<Place> {
+        let admitted = self.total.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max).then_some(n + 1));
+        match admitted {
+            Ok(before) => {
+                self.by_protocol[protocol as usize].fetch_add(1, Ordering::Relaxed);
+                self.report(before + 1);
+                Some(Place { of: self.clone(), protocol })
+            }
+            Err(_) => {
+                if let Some(t) = &self.telemetry {
+                    t.count_refused_connection();
+                }
+                None
+            }
+        }
+    }
+
+    /// Connections open on one front end.
+    pub fn open(&self, protocol: Protocol) -> usize {
+        self.by_protocol[protocol as usize].load(Ordering::Relaxed)
+    }
+
+    /// Connections open on all front ends together.
+    pub fn total(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    fn report(&self, total: usize) {
+        if let Some(t) = &self.telemetry {
+            t.set_open_connections(total);
+        }
+    }
+}
+
+/// One connection's place under the cap, given back when dropped.
+pub struct Place {
+    of: Arc<OpenConnections>,
+    protocol: Protocol,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.of.by_protocol[self.protocol as usize].fetch_sub(1, Ordering::Relaxed);
+        let total = self.of.total.fetch_sub(1, Ordering::AcqRel) - 1;
+        self.of.report(total);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_cap_across_front_ends() {
+        let open = OpenConnections::new(3, None);
+        let a = open.admit(Protocol::Binary).unwrap();
+        let _b = open.admit(Protocol::Http).unwrap();
+        let _c = open.admit(Protocol::Grpc).unwrap();
+        // Each front end has one connection, far under 3 of its own: the node is full.
+        for p in Protocol::ALL {
+            assert!(open.admit(p).is_none(), "{p:?} admitted over the node's cap");
+        }
+        assert_eq!((open.total(), open.open(Protocol::Binary), open.open(Protocol::Http), open.open(Protocol::Grpc)), (3, 1, 1, 1));
+        // A place given back on one front end is free for any.
+        drop(a);
+        assert_eq!(open.total(), 2);
+        let g = open.admit(Protocol::Grpc).unwrap();
+        assert_eq!((open.open(Protocol::Binary), open.open(Protocol::Grpc)), (0, 2));
+        drop(g);
+        assert_eq!(open.total(), 2);
+    }
+
+    #[test]
+    fn refusals_and_the_total_reach_telemetry() {
+        let telemetry = Arc::new(Telemetry::new(vec![70.0]));
+        let open = OpenConnections::new(1, Some(telemetry.clone()));
+        let a = open.admit(Protocol::Http).unwrap();
+        assert_eq!(telemetry.connections().open, 1);
+        assert!(open.admit(Protocol::Binary).is_none());
+        assert_eq!(telemetry.connections().refused, 1);
+        drop(a);
+        assert_eq!(telemetry.connections().open, 0);
+    }
+
+    #[test]
+    fn racing_admissions_never_pass_the_cap() {
+        // 8 threads × 1,000 admit-and-hold-briefly rounds against a cap of 5: the count never
+        // reads above it, and every place comes back.
+        let open = OpenConnections::new(5, None);
+        let peak = Arc::new(AtomicUsize::new(0));
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let (open, peak) = (open.clone(), peak.clone());
+                s.spawn(move || {
+                    for _ in 0..1_000 {
+                        if let Some(place) = open.admit(Protocol::ALL[t % 3]) {
+                            peak.fetch_max(open.total(), Ordering::Relaxed);
+                            std::hint::black_box(&place);
+                        }
+                    }
+                });
+            }
+        });
+        assert!(peak.load(Ordering::Relaxed) <= 5, "peak {}", peak.load(Ordering::Relaxed));
+        assert_eq!(open.total(), 0);
+        assert_eq!(Protocol::ALL.map(|p| open.open(p)), [0, 0, 0]);
+    }
+}
