@@ -29,13 +29,50 @@ pub struct Guarded {
     write_limit: Duration,
     idle: Pin<Box<Sleep>>,
     /// Armed while a write waits for the peer to read.
-    write_stall: Option<Pin<Box<Sleep>>>,
+    write_stall: Deadline,
     /// Given back when the connection is dropped.
     _place: Option<Place>,
     /// HTTP/2 only: where the peer's byte stream stands, the read limit, and the deadline armed
     /// while the peer is inside a frame or a header block.
     frames: Option<(H2Frames, Duration)>,
-    mid_frame: Option<Pin<Box<Sleep>>>,
+    mid_frame: Deadline,
+}
+
+/// A timer armed and disarmed many times over a connection's life. Its `Sleep` is boxed once,
+/// when first armed, and re-armed with `reset`: a gRPC connection arms the mid-frame deadline
+/// for nearly every frame it reads, and a fresh boxed `Sleep` each time is an allocation (and a
+/// timer-wheel insertion and removal) per frame.
+#[derive(Default)]
+struct Deadline {
+    sleep: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl Deadline {
+    fn arm(&mut self, after: Duration) {
+        let at = Instant::now() + after;
+        match &mut self.sleep {
+            Some(s) => s.as_mut().reset(at),
+            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
+        self.armed = true;
+    }
+
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+
+    fn is_armed(&self) -> bool {
+        self.armed
+    }
+
+    /// Whether the armed deadline has passed; registers the task to be woken when it does.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        match (&mut self.sleep, self.armed) {
+            (Some(s), true) => s.as_mut().poll(cx).is_ready(),
+            _ => false,
+        }
+    }
 }
 
 impl Guarded {
@@ -46,10 +83,10 @@ impl Guarded {
             idle_limit,
             write_limit,
             idle: Box::pin(tokio::time::sleep(idle_limit)),
-            write_stall: None,
+            write_stall: Deadline::default(),
             _place: place,
             frames: None,
-            mid_frame: None,
+            mid_frame: Deadline::default(),
         }
     }
 
@@ -67,9 +104,9 @@ impl Guarded {
         let Some((frames, limit)) = &mut self.frames else { return };
         let completed = frames.feed(bytes);
         if !frames.mid() {
-            self.mid_frame = None;
-        } else if self.mid_frame.is_none() || completed {
-            self.mid_frame = Some(Box::pin(tokio::time::sleep(*limit)));
+            self.mid_frame.disarm();
+        } else if !self.mid_frame.is_armed() || completed {
+            self.mid_frame.arm(*limit);
         }
     }
 
@@ -81,18 +118,18 @@ impl Guarded {
     /// fails once it has waited the write limit.
     fn after_write(&mut self, cx: &mut Context<'_>, r: Poll<std::io::Result<usize>>) -> Poll<std::io::Result<usize>> {
         if r.is_ready() {
-            self.write_stall = None;
+            self.write_stall.disarm();
             self.progressed();
             return r;
         }
-        let limit = self.write_limit;
-        let stall = self.write_stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        match stall.as_mut().poll(cx) {
-            Poll::Ready(()) => {
-                Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "peer did not read within server.write_timeout_ms")))
-            }
-            Poll::Pending => Poll::Pending,
+        if !self.write_stall.is_armed() {
+            let limit = self.write_limit;
+            self.write_stall.arm(limit);
         }
+        if self.write_stall.expired(cx) {
+            return Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "peer did not read within server.write_timeout_ms")));
+        }
+        Poll::Pending
     }
 }
 
@@ -111,13 +148,11 @@ impl AsyncRead for Guarded {
             // connection closes. Idle past the idle limit reads as end of stream, so the
             // connection's own loop closes it. Otherwise the timers wake this task when due.
             Poll::Pending => {
-                if let Some(stall) = &mut self.mid_frame {
-                    if stall.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Err(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "peer stalled inside an HTTP/2 frame past server.read_timeout_ms",
-                        )));
-                    }
+                if self.mid_frame.expired(cx) {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "peer stalled inside an HTTP/2 frame past server.read_timeout_ms",
+                    )));
                 }
                 match self.idle.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(Ok(())),
@@ -241,6 +276,28 @@ mod tests {
         let mut f = vec![len[1], len[2], len[3], ty, flags, 0, 0, 0, 1];
         f.resize(9 + payload, 7);
         f
+    }
+
+    #[tokio::test]
+    async fn a_deadline_rearms_its_one_timer() {
+        async fn expired(d: &mut Deadline) -> bool {
+            std::future::poll_fn(|cx| Poll::Ready(d.expired(cx))).await
+        }
+        let mut d = Deadline::default();
+        assert!(!expired(&mut d).await, "never armed");
+        d.arm(Duration::from_millis(1));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(expired(&mut d).await);
+        let timer: *const Sleep = &**d.sleep.as_ref().unwrap();
+        d.disarm();
+        assert!(!expired(&mut d).await, "disarmed, though its time has passed");
+        // Re-armed after firing: pending again, on the same boxed timer.
+        d.arm(Duration::from_secs(60));
+        assert!(!expired(&mut d).await);
+        assert!(std::ptr::eq(timer, &**d.sleep.as_ref().unwrap()), "the timer was boxed anew");
+        d.arm(Duration::from_millis(1));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(expired(&mut d).await, "moved earlier by a re-arm");
     }
 
     #[test]
