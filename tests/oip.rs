@@ -512,6 +512,51 @@ async fn a_requests_own_timeout_changes_which_rung_serves_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_deadline_tightens_the_bound_and_is_kept_by_the_server() {
+    let svc = common::stand_in_service().await;
+    let png = common::png(16, 16);
+    let call = |model: &str, grpc_timeout: Option<&str>| {
+        let mut r = tonic::Request::new(grpc_image_request(model, "BYTES", vec![1], bytes_to_raw(std::slice::from_ref(&png))));
+        if let Some(t) = grpc_timeout {
+            r.metadata_mut().insert("grpc-timeout", t.parse().unwrap());
+        }
+        r
+    };
+    let mut c = grpc_client(&svc).await;
+    for _ in 0..3 {
+        // A generous deadline does not loosen T (200 ms): the best rung (60 ms) serves.
+        let r = c.model_infer(call("edgeinfer", Some("10S"))).await.unwrap().into_inner();
+        assert_eq!(string_param(&r, "model"), "m0");
+        // A client that gives up after 50 ms is served within it by a cheaper rung.
+        let r = c.model_infer(call("edgeinfer", Some("50m"))).await.unwrap().into_inner();
+        assert_ne!(string_param(&r, "model"), "m0");
+    }
+    // Both workers busy with the 60 ms rung: a call with 5 ms to live cannot be answered in
+    // time; the server ends it with DEADLINE_EXCEEDED at its deadline, and carries on.
+    let busy: Vec<_> = (0..2)
+        .map(|_| {
+            let (mut c, r) = (c.clone(), call("m0", None));
+            tokio::spawn(async move { c.model_infer(r).await })
+        })
+        .collect();
+    assert!(common::eventually(5, || svc.engine.in_system() == 2).await, "both workers busy");
+    // A bare HTTP/2 client: tonic's Channel would enforce the deadline itself (`Cancelled`), and
+    // what is checked here is the server's doing.
+    let mut bare = edgeinfer::server::grpc::connect(svc.grpc_addr.unwrap()).await.unwrap();
+    let e = bare.model_infer(call("edgeinfer", Some("5m"))).await.unwrap_err();
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{}", e.message());
+    assert_eq!(e.message(), "no answer within the call's deadline of 5 ms (grpc-timeout)");
+    for b in busy {
+        assert_eq!(string_param(&b.await.unwrap().unwrap().into_inner(), "model"), "m0");
+    }
+    // A malformed header is bad input, answered clearly.
+    let e = c.model_infer(call("edgeinfer", Some("soon"))).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("malformed grpc-timeout header 'soon'"), "{}", e.message());
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_answers_what_every_front_end_accepted() {
     let svc = common::stand_in_service().await;
     let (http_addr, png) = (svc.http_addr.unwrap(), common::png(16, 16));

@@ -308,6 +308,36 @@ struct Grpc {
     oip: Arc<Oip>,
 }
 
+/// The client's deadline from the `grpc-timeout` header (gRPC over HTTP/2: 1 to 8 digits and a
+/// unit, `H` `M` `S` `m` `u` `n`); `None` without one.
+pub fn client_deadline(metadata: &tonic::metadata::MetadataMap) -> Result<Option<Duration>, OipError> {
+    let Some(v) = metadata.get("grpc-timeout") else { return Ok(None) };
+    let text = v.to_str().unwrap_or("");
+    parse_grpc_timeout(text)
+        .map(Some)
+        .ok_or_else(|| OipError::bad(format!("malformed grpc-timeout header '{text}': expected 1 to 8 digits and a unit (H, M, S, m, u, n)")))
+}
+
+fn parse_grpc_timeout(text: &str) -> Option<Duration> {
+    if !text.is_ascii() {
+        return None;
+    }
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 /// The gRPC status that fits each kind of failure.
 pub fn status(e: &OipError) -> Status {
     let code = match e.kind {
@@ -388,7 +418,16 @@ pub fn to_request(r: ModelInferRequest) -> Result<InferRequest, OipError> {
             Ok(RequestedOutput { name: o.name, classification, binary: None })
         })
         .collect::<Result<_, OipError>>()?;
-    Ok(InferRequest { model: r.model_name, version: r.model_version, id: r.id, inputs, outputs, timeout_us, binary_output: false })
+    Ok(InferRequest {
+        model: r.model_name,
+        version: r.model_version,
+        id: r.id,
+        inputs,
+        outputs,
+        timeout_us,
+        deadline: None,
+        binary_output: false,
+    })
 }
 
 /// The protocol's response as a `ModelInferResponse`, every output in `raw_output_contents`
@@ -474,7 +513,10 @@ impl GrpcInferenceService for Grpc {
     async fn model_infer(&self, r: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
         let arrival = Instant::now();
         let model = r.get_ref().model_name.clone();
-        let request = self.authorize(&r).and_then(|()| to_request(r.into_inner()));
+        let request = self.authorize(&r).and_then(|()| {
+            let deadline = client_deadline(r.metadata())?;
+            Ok(InferRequest { deadline, ..to_request(r.into_inner())? })
+        });
         let request = match request {
             Ok(req) => req,
             Err(e) => {
@@ -482,9 +524,43 @@ impl GrpcInferenceService for Grpc {
                 return Err(status(&e));
             }
         };
-        match self.oip.infer(request, arrival).await {
-            Ok(resp) => Ok(Response::new(to_response(resp))),
-            Err(e) => Err(status(&e)),
+        // The client's deadline is also kept here: past it the call ends with DEADLINE_EXCEEDED
+        // (what a gRPC server owes a client that sent one), and the request, dropped, is skipped
+        // by the executor if it has not started.
+        let deadline = request.deadline;
+        let answer = self.oip.infer(request, arrival);
+        let answer = match deadline {
+            None => answer.await,
+            Some(d) => tokio::time::timeout_at((arrival + d).into(), answer).await.unwrap_or_else(|_| {
+                let e = OipError::new(Kind::Timeout, format!("no answer within the call's deadline of {} ms (grpc-timeout)", d.as_millis()));
+                self.oip.record_failure(Some(&model), &e, arrival);
+                Err(e)
+            }),
+        };
+        answer.map(|resp| Response::new(to_response(resp))).map_err(|e| status(&e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_headers_parse_as_the_spec_writes_them() {
+        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("250u"), Some(Duration::from_micros(250)));
+        assert_eq!(parse_grpc_timeout("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        for bad in ["", "m", "100", "123456789m", "10x", "-1m", "1.5S", " 5S", "5é", "é"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
         }
+        let mut md = tonic::metadata::MetadataMap::new();
+        assert_eq!(client_deadline(&md).unwrap(), None);
+        md.insert("grpc-timeout", "40m".parse().unwrap());
+        assert_eq!(client_deadline(&md).unwrap(), Some(Duration::from_millis(40)));
+        md.insert("grpc-timeout", "soon".parse().unwrap());
+        assert!(client_deadline(&md).unwrap_err().message.contains("malformed grpc-timeout header 'soon'"));
     }
 }

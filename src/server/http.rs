@@ -317,7 +317,16 @@ pub fn parse_infer(name: &str, version: &str, body: Bytes, json_len: Option<usiz
             Ok(RequestedOutput { name: o.name, classification, binary })
         })
         .collect::<Result<_, OipError>>()?;
-    Ok(InferRequest { model: name.into(), version: version.into(), id: req.id.unwrap_or_default(), inputs, outputs, timeout_us, binary_output })
+    Ok(InferRequest {
+        model: name.into(),
+        version: version.into(),
+        id: req.id.unwrap_or_default(),
+        inputs,
+        outputs,
+        timeout_us,
+        deadline: None,
+        binary_output,
+    })
 }
 
 /// An input's `data` in JSON: row-major, flat or nested. `BYTES` elements are strings; an

@@ -177,6 +177,8 @@ pub struct InferRequest {
     pub outputs: Vec<RequestedOutput>,
     /// The schedule-policy parameter `timeout`, µs: this request's own latency bound.
     pub timeout_us: Option<f64>,
+    /// When the client gives up (gRPC's `grpc-timeout`), from arrival: the bound is never later.
+    pub deadline: Option<Duration>,
     /// HTTP only: outputs not listed, or listed without `binary_data`, go in the binary section.
     pub binary_output: bool,
 }
@@ -523,7 +525,7 @@ impl Oip {
     /// Serves one inference request and books it (telemetry, `/metrics`, model statistics).
     pub async fn infer(&self, req: InferRequest, arrival: Instant) -> Result<InferResponse, OipError> {
         let target = self.target(&req.model, &req.version);
-        let bound = self.bound(req.timeout_us);
+        let bound = self.bound(req.timeout_us, req.deadline);
         let result = match &target {
             Ok(t) => self.run(*t, req, arrival, bound).await,
             Err(e) => Err(e.clone()),
@@ -589,10 +591,20 @@ impl Oip {
         s.last_ms.store(now_ms, Ordering::Relaxed);
     }
 
-    /// The request's own bound from its `timeout` (µs), clamped to the configured range.
-    fn bound(&self, timeout_us: Option<f64>) -> Option<Duration> {
+    /// The request's own bound: its `timeout` (µs), or T without one, tightened to the client's
+    /// `deadline` when that comes first — a client that gives up after 30 ms is better served by
+    /// a cheaper model within 30 ms than by the best one after it left. A deadline only
+    /// tightens: clients set generous ones (seconds) that must not loosen T. Clamped to the
+    /// configured range; `None` is T.
+    fn bound(&self, timeout_us: Option<f64>, deadline: Option<Duration>) -> Option<Duration> {
         let (lo, hi) = self.timeout_range_ms;
-        timeout_us.filter(|t| t.is_finite()).map(|us| Duration::from_secs_f64((us / 1000.0).clamp(lo, hi) / 1000.0))
+        let clamp = |ms: f64| Duration::from_secs_f64(ms.clamp(lo, hi) / 1000.0);
+        let own = timeout_us.filter(|t| t.is_finite()).map(|us| clamp(us / 1000.0));
+        let base = own.unwrap_or_else(|| Duration::from_secs_f64(self.engine.dispatcher.bound_ms() / 1000.0));
+        match deadline {
+            Some(d) if d < base => Some(clamp(d.as_secs_f64() * 1000.0)),
+            _ => own,
+        }
     }
 
     async fn run(&self, t: Target, req: InferRequest, arrival: Instant, bound: Option<Duration>) -> Result<(InferResponse, Booked), OipError> {
