@@ -423,6 +423,40 @@ async fn one_connection_cap_holds_across_the_binary_http_and_grpc_front_ends() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_answered_at_once_are_capped_for_the_node_and_past_it_a_connection_is_closed() {
+    use edgeinfer::protocol::Status;
+    use edgeinfer::server::open::REFUSALS_IN_FLIGHT;
+    use tokio::io::AsyncReadExt;
+    let svc = common::stand_in_service_with(|c| {
+        c.server.max_connections = 1;
+        c.server.read_timeout_ms = 2_000;
+    })
+    .await;
+    let _inside = edgeinfer::client::Client::connect(svc.addr, 1).await.unwrap();
+    assert!(common::eventually(5, || svc.oip.connections.total() == 1).await);
+    // Silent gRPC connections over the cap: each refusal waits up to the read timeout for a call
+    // to answer, so together they hold the node's whole refusal budget.
+    let mut silent = Vec::new();
+    for _ in 0..REFUSALS_IN_FLIGHT {
+        silent.push(tokio::net::TcpStream::connect(svc.grpc_addr.unwrap()).await.unwrap());
+    }
+    assert!(common::eventually(5, || svc.oip.connections.refusing() == REFUSALS_IN_FLIGHT).await);
+    // One more connection, on another front end, is closed without an answer.
+    let mut closed = tokio::net::TcpStream::connect(svc.addr).await.unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), closed.read_to_end(&mut got)).await.expect("closed at once");
+    assert!(read.is_err() || got.is_empty(), "answered past the refusal budget: {} bytes", got.len());
+    // Once those refusals have timed out, a connection over the cap is answered again.
+    assert!(common::eventually(10, || svc.oip.connections.refusing() == 0).await);
+    let mut extra = edgeinfer::client::Client::connect(svc.addr, 2).await.unwrap();
+    let refused = extra.recv().await.unwrap();
+    assert_eq!(refused.status, Status::Overloaded);
+    assert!(refused.message.contains("server.max_connections = 1"), "{}", refused.message);
+    drop(silent);
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_cuts_off_a_call_that_stalls_mid_message_after_the_read_timeout() {
     let svc = common::stand_in_service_with(|c| {
         c.server.read_timeout_ms = 300;

@@ -26,7 +26,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tonic::codegen::Service;
@@ -50,11 +50,6 @@ use proto::*;
 /// The path of the one call that is an inference request (counted in the metrics when refused).
 const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
 
-/// Connections over `server.max_connections` being answered at once. Each costs a task and
-/// an HTTP/2 connection's state for up to the read timeout; past this many, a further one is
-/// closed without an answer, so a flood of connections cannot grow memory through refusals.
-const REFUSALS_IN_FLIGHT: usize = 64;
-
 /// HTTP/2 settings for every connection, served or refused.
 fn h2_builder() -> http2::Builder<TokioExecutor> {
     let mut b = http2::Builder::new(TokioExecutor::new());
@@ -74,14 +69,14 @@ pub async fn run(l: Listener, shutdown: CancellationToken) {
         .max_decoding_message_size(limits.max_frame_bytes.saturating_add(5))
         .max_encoding_message_size(usize::MAX);
     let builder = h2_builder();
-    let refusals = Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT));
     while let Some(socket) = l.next(&shutdown, "grpc").await {
         let Some(place) = oip.connections.admit(Protocol::Grpc) else {
-            if let Ok(permit) = refusals.clone().try_acquire_owned() {
+            // Past the node's refusal budget the socket is dropped here: closed without an answer.
+            if let Some(refusal) = oip.connections.refusal() {
                 let (oip, builder) = (oip.clone(), builder.clone());
                 tokio::spawn(async move {
                     refuse(socket, &oip, &builder).await;
-                    drop(permit);
+                    drop(refusal);
                 });
             }
             continue;

@@ -41,7 +41,14 @@ pub async fn run(l: Listener, shutdown: CancellationToken) {
     let limits = l.oip.limits.clone();
     while let Some(socket) = l.next(&shutdown, "http").await {
         let Some(place) = l.oip.connections.admit(Protocol::Http) else {
-            tokio::spawn(refuse(socket, limits.max_connections));
+            // Past the node's refusal budget the socket is dropped here: closed without an answer.
+            if let Some(refusal) = l.oip.connections.refusal() {
+                let max = limits.max_connections;
+                tokio::spawn(async move {
+                    refuse(socket, max).await;
+                    drop(refusal);
+                });
+            }
             continue;
         };
         let io = Guarded::new(socket, limits.idle_timeout, limits.write_timeout, Some(place));

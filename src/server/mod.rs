@@ -104,8 +104,15 @@ impl Server {
                     let _ = socket.set_nodelay(true);
                     let shared = self.shared.clone();
                     let Some(place) = shared.open.admit(Protocol::Binary) else {
-                        let max = shared.open.max();
-                        tracker.spawn(connection::refuse(socket, shared, max));
+                        // Past the node's refusal budget the socket is dropped here: closed
+                        // without an answer.
+                        if let Some(refusal) = shared.open.refusal() {
+                            let max = shared.open.max();
+                            tracker.spawn(async move {
+                                connection::refuse(socket, shared, max).await;
+                                drop(refusal);
+                            });
+                        }
                         continue;
                     };
                     let shutdown = shutdown.clone();

@@ -4,6 +4,11 @@
 //! gives it back when the connection ends. `server.max_connections` is what an operator sizes
 //! for memory and file descriptors, so it caps the node: three front ends that each admitted up
 //! to it would let in three times what was planned for.
+//!
+//! A connection over the cap is answered (a refusal that names the key), and those answers are
+//! capped too, for the node: each holds a task and a socket for up to the write or read timeout,
+//! so a flood of connections must not turn into a flood of refusals. Past [`REFUSALS_IN_FLIGHT`]
+//! a further connection is closed without an answer.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -30,9 +35,15 @@ impl Protocol {
     }
 }
 
+/// Refusals being answered at once, over all front ends. Each costs a task and a socket (for a
+/// gRPC one, an HTTP/2 connection's state) for up to the read timeout; a client that is refused
+/// keeps no place, so this bounds what the node spends on connections it does not serve.
+pub const REFUSALS_IN_FLIGHT: usize = 64;
+
 pub struct OpenConnections {
     max: usize,
     total: AtomicUsize,
+    refusing: AtomicUsize,
     by_protocol: [AtomicUsize; 3],
     /// Told the total on every change (the summary's and the console's `open`), and every refusal.
     telemetry: Option<Arc<Telemetry>>,
@@ -40,7 +51,7 @@ pub struct OpenConnections {
 
 impl OpenConnections {
     pub fn new(max: usize, telemetry: Option<Arc<Telemetry>>) -> Arc<Self> {
-        Arc::new(OpenConnections { max, total: AtomicUsize::new(0), by_protocol: Default::default(), telemetry })
+        Arc::new(OpenConnections { max, total: AtomicUsize::new(0), refusing: AtomicUsize::new(0), by_protocol: Default::default(), telemetry })
     }
 
     /// `server.max_connections`.
@@ -52,8 +63,7 @@ impl OpenConnections {
     /// node is at the cap. The check and the count are one atomic step, so connections accepted
     /// at the same moment on several front ends cannot pass the cap between them.
     pub fn admit(self: &Arc<Self>, protocol: Protocol) -> Option<Place> {
-        let admitted = self.total.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max).then_some(n + 1));
-        match admitted {
+        match take(&self.total, self.max) {
             Ok(before) => {
                 self.by_protocol[protocol as usize].fetch_add(1, Ordering::Relaxed);
                 self.report(before + 1);
@@ -66,6 +76,17 @@ impl OpenConnections {
                 None
             }
         }
+    }
+
+    /// Leave to answer one refused connection, or `None` when [`REFUSALS_IN_FLIGHT`] are being
+    /// answered already (the caller then closes the connection without a word).
+    pub fn refusal(self: &Arc<Self>) -> Option<Refusal> {
+        take(&self.refusing, REFUSALS_IN_FLIGHT).ok().map(|_| Refusal { of: self.clone() })
+    }
+
+    /// Refusals being answered now.
+    pub fn refusing(&self) -> usize {
+        self.refusing.load(Ordering::Relaxed)
     }
 
     /// Connections open on one front end.
@@ -82,6 +103,23 @@ impl OpenConnections {
         if let Some(t) = &self.telemetry {
             t.set_open_connections(total);
         }
+    }
+}
+
+/// One more on `count` if it is under `max`, as one atomic step (no check-then-act): the count
+/// before, or `Err` when full.
+fn take(count: &AtomicUsize, max: usize) -> Result<usize, usize> {
+    count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+}
+
+/// Leave to answer one refused connection, given back when the answer is done with.
+pub struct Refusal {
+    of: Arc<OpenConnections>,
+}
+
+impl Drop for Refusal {
+    fn drop(&mut self) {
+        self.of.refusing.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -157,5 +195,16 @@ mod tests {
         assert!(peak.load(Ordering::Relaxed) <= 5, "peak {}", peak.load(Ordering::Relaxed));
         assert_eq!(open.total(), 0);
         assert_eq!(Protocol::ALL.map(|p| open.open(p)), [0, 0, 0]);
+    }
+
+    #[test]
+    fn refusals_answered_at_once_are_capped_for_the_node() {
+        let open = OpenConnections::new(0, None);
+        let held: Vec<Refusal> = (0..REFUSALS_IN_FLIGHT).map(|_| open.refusal().expect("under the refusal cap")).collect();
+        assert_eq!(open.refusing(), REFUSALS_IN_FLIGHT);
+        assert!(open.refusal().is_none(), "a refusal past the cap");
+        drop(held);
+        assert_eq!(open.refusing(), 0);
+        assert!(open.refusal().is_some());
     }
 }
