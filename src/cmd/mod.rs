@@ -365,6 +365,27 @@ impl Cli {
     }
 }
 
+/// The async runtime. A command that hosts an engine sizes it by `engine.runtime_threads` (one
+/// thread where the executor takes every core: see `engine::config::auto_runtime_threads`); the
+/// others, and a configuration that does not load (its command reports why), get tokio's
+/// default of one per core.
+fn runtime(cli: &Cli) -> Result<tokio::runtime::Runtime> {
+    let hosts_engine = match &cli.command {
+        None | Some(Command::Experiment { .. }) => true,
+        Some(Command::Bench { what }) => match what {
+            BenchCommand::Overhead { .. } | BenchCommand::Frontends { .. } | BenchCommand::Console { .. } => true,
+            BenchCommand::Fleet { connect, .. } => connect.is_none(),
+            BenchCommand::Models { .. } | BenchCommand::Decision { .. } | BenchCommand::Connections { .. } => false,
+        },
+        Some(_) => false,
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = hosts_engine.then(|| cli.config().ok()).flatten().map(|c| c.engine.runtime_threads()) {
+        builder.worker_threads(threads);
+    }
+    Ok(builder.enable_all().build()?)
+}
+
 /// Entry point behind `main`: logging, runtime, and the chosen mode.
 pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
     use std::process::ExitCode;
@@ -379,7 +400,7 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
         }
     };
     crate::logging::count_panics();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = runtime(&cli)?;
     match &cli.command {
         Some(Command::Infer { connect, json, token, images }) => {
             let opts = self::infer::InferOptions { connect: connect.clone(), images: images.clone(), json: *json, token: token.clone() };
