@@ -71,13 +71,9 @@ pub async fn run(l: Listener, shutdown: CancellationToken) {
     let builder = h2_builder();
     while let Some(socket) = l.next(&shutdown, "grpc").await {
         let Some(place) = oip.connections.admit(Protocol::Grpc) else {
-            // Past the node's refusal budget the socket is dropped here: closed without an answer.
-            if let Some(refusal) = oip.connections.refusal() {
-                let (oip, builder) = (oip.clone(), builder.clone());
-                tokio::spawn(async move {
-                    refuse(socket, &oip, &builder).await;
-                    drop(refusal);
-                });
+            let (oip, builder) = (oip.clone(), builder.clone());
+            if let Some(answer) = oip.connections.clone().refusal(async move { refuse(socket, &oip, &builder).await }) {
+                tokio::spawn(answer);
             }
             continue;
         };

@@ -41,13 +41,8 @@ pub async fn run(l: Listener, shutdown: CancellationToken) {
     let limits = l.oip.limits.clone();
     while let Some(socket) = l.next(&shutdown, "http").await {
         let Some(place) = l.oip.connections.admit(Protocol::Http) else {
-            // Past the node's refusal budget the socket is dropped here: closed without an answer.
-            if let Some(refusal) = l.oip.connections.refusal() {
-                let max = limits.max_connections;
-                tokio::spawn(async move {
-                    refuse(socket, max).await;
-                    drop(refusal);
-                });
+            if let Some(answer) = l.oip.connections.refusal(refuse(socket, limits.max_connections)) {
+                tokio::spawn(answer);
             }
             continue;
         };

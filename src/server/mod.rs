@@ -104,14 +104,9 @@ impl Server {
                     let _ = socket.set_nodelay(true);
                     let shared = self.shared.clone();
                     let Some(place) = shared.open.admit(Protocol::Binary) else {
-                        // Past the node's refusal budget the socket is dropped here: closed
-                        // without an answer.
-                        if let Some(refusal) = shared.open.refusal() {
-                            let max = shared.open.max();
-                            tracker.spawn(async move {
-                                connection::refuse(socket, shared, max).await;
-                                drop(refusal);
-                            });
+                        let max = shared.open.max();
+                        if let Some(answer) = shared.open.refusal(connection::refuse(socket, shared.clone(), max)) {
+                            tracker.spawn(answer);
                         }
                         continue;
                     };

@@ -10,6 +10,7 @@
 //! so a flood of connections must not turn into a flood of refusals. Past [`REFUSALS_IN_FLIGHT`]
 //! a further connection is closed without an answer.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -78,10 +79,16 @@ impl OpenConnections {
         }
     }
 
-    /// Leave to answer one refused connection, or `None` when [`REFUSALS_IN_FLIGHT`] are being
-    /// answered already (the caller then closes the connection without a word).
-    pub fn refusal(self: &Arc<Self>) -> Option<Refusal> {
-        take(&self.refusing, REFUSALS_IN_FLIGHT).ok().map(|_| Refusal { of: self.clone() })
+    /// `answer`, the refusal of one connection over the cap, holding a slot of the node's
+    /// refusal budget until it is done; `None` when [`REFUSALS_IN_FLIGHT`] are being answered
+    /// already. The caller then drops `answer`, and with it the socket: the connection is closed
+    /// without a word.
+    pub fn refusal(self: &Arc<Self>, answer: impl Future<Output = ()>) -> Option<impl Future<Output = ()>> {
+        let slot = take(&self.refusing, REFUSALS_IN_FLIGHT).ok().map(|_| Refusal { of: self.clone() })?;
+        Some(async move {
+            answer.await;
+            drop(slot);
+        })
     }
 
     /// Refusals being answered now.
@@ -112,8 +119,8 @@ fn take(count: &AtomicUsize, max: usize) -> Result<usize, usize> {
     count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
 }
 
-/// Leave to answer one refused connection, given back when the answer is done with.
-pub struct Refusal {
+/// A slot of the refusal budget, given back when the answer holding it is done with.
+struct Refusal {
     of: Arc<OpenConnections>,
 }
 
@@ -200,11 +207,16 @@ mod tests {
     #[test]
     fn refusals_answered_at_once_are_capped_for_the_node() {
         let open = OpenConnections::new(0, None);
-        let held: Vec<Refusal> = (0..REFUSALS_IN_FLIGHT).map(|_| open.refusal().expect("under the refusal cap")).collect();
+        let answer = || std::future::ready(());
+        let held: Vec<_> = (0..REFUSALS_IN_FLIGHT).map(|_| open.refusal(answer()).expect("under the refusal cap")).collect();
         assert_eq!(open.refusing(), REFUSALS_IN_FLIGHT);
-        assert!(open.refusal().is_none(), "a refusal past the cap");
+        assert!(open.refusal(answer()).is_none(), "a refusal past the cap");
         drop(held);
         assert_eq!(open.refusing(), 0);
-        assert!(open.refusal().is_some());
+        // An answer run to its end gives its slot back too.
+        let one = open.refusal(answer()).expect("room again");
+        assert_eq!(open.refusing(), 1);
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(one);
+        assert_eq!(open.refusing(), 0);
     }
 }
