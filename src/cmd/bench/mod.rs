@@ -21,7 +21,7 @@ use crate::engine::worker::execute;
 use crate::engine::{backend, warm_up};
 use crate::models::Ladder;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ModelBench {
     pub name: String,
     pub accuracy: f32,
@@ -37,7 +37,7 @@ pub struct ModelBench {
     pub all_cores_p50_ms: f64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     pub backend: String,
     pub intra_threads: usize,
