@@ -48,6 +48,11 @@ pub struct BenchReport {
     pub models: Vec<ModelBench>,
 }
 
+/// The executor's path against the bare loop: (server p50 − bare p50) / bare p50, percent.
+pub fn overhead_pct(bare_p50_ms: f64, server_p50_ms: f64) -> f64 {
+    (server_p50_ms - bare_p50_ms) / bare_p50_ms * 100.0
+}
+
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
@@ -91,7 +96,7 @@ pub fn run_models(cfg: &Config, iterations: usize) -> Result<BenchReport> {
             bare_p99_ms: percentile(&bare, 0.99),
             server_p50_ms: s50,
             server_p99_ms: percentile(&server, 0.99),
-            overhead_pct: (s50 - b50) / b50 * 100.0,
+            overhead_pct: overhead_pct(b50, s50),
             all_cores_p50_ms: together,
         };
         eprintln!(

@@ -203,6 +203,7 @@ fn faster(first: &BenchReport, second: &BenchReport) -> BenchReport {
         m.server_p50_ms = m.server_p50_ms.min(other.server_p50_ms);
         m.server_p99_ms = m.server_p99_ms.min(other.server_p99_ms);
         m.all_cores_p50_ms = m.all_cores_p50_ms.min(other.all_cores_p50_ms);
+        m.overhead_pct = bench::overhead_pct(m.bare_p50_ms, m.server_p50_ms);
     }
     out
 }
@@ -215,6 +216,8 @@ pub struct Saturation {
     pub rps: f64,
     /// Each probe's throughput: before the ramps, after them.
     pub probes: [f64; 2],
+    /// The cheapest model's bare cost in each run of Figure 1's bench: before, after, ms.
+    pub cheapest_readings: [f64; 2],
     /// Cheapest model's bare inference time, ms.
     pub cheapest_ms: f64,
     /// Per-request CPU beside inference: k / X − c_cheapest, ms.
@@ -253,10 +256,12 @@ pub fn run(runtime: &tokio::runtime::Runtime, base: Config, opts: &ExperimentOpt
     let probe = || runtime.block_on(bench::overhead::cheapest_run(&base, probe_clients, None, probe_s)).map(|r| r.rps);
     let rps = probe()?;
     let first = Yardstick::of(&fig1, cores, rps, |m| m.bare_p50_ms);
+    // Where the cheapest model saturates under a closed loop within T: X × T clients.
+    let saturation_clients = |rps: f64| rps * t / 1000.0;
     eprintln!(
         "experiment: static-cheapest saturates at {rps:.0} req/s: {:.3} ms per request beside inference, {:.0} clients within T",
         first.overhead_ms,
-        rps * t / 1000.0
+        saturation_clients(rps)
     );
 
     let mut ramp = Ramp::for_mode(opts.quick);
@@ -271,7 +276,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, base: Config, opts: &ExperimentOpt
         Some(m) => m.max(ramp.step),
         None if opts.quick => ramp.max,
         // A step past saturation, so the table shows how each policy degrades.
-        None => ((rps * t / 1000.0 / ramp.step as f64).ceil() as usize + 1).max(2) * ramp.step,
+        None => ((saturation_clients(rps) / ramp.step as f64).ceil() as usize + 1).max(2) * ramp.step,
     };
     let policies: Vec<String> = opts.policies.clone().unwrap_or_else(|| POLICIES.iter().map(|p| p.to_string()).collect());
     let mut runs = Vec::new();
@@ -291,13 +296,15 @@ pub fn run(runtime: &tokio::runtime::Runtime, base: Config, opts: &ExperimentOpt
     let priced = faster(&fig1, &fig1_after);
     let best_rps = rps.max(rps_after);
     let bare = Yardstick::of(&priced, cores, best_rps, |m| m.bare_p50_ms);
+    let after = Yardstick::of(&fig1_after, cores, rps_after, |m| m.bare_p50_ms);
     let sat = Saturation {
         clients: probe_clients,
         rps: best_rps,
         probes: [rps, rps_after],
+        cheapest_readings: [first.cheapest_ms, after.cheapest_ms],
         cheapest_ms: bare.cheapest_ms,
         overhead_ms: bare.overhead_ms,
-        saturation_clients: best_rps * t / 1000.0,
+        saturation_clients: saturation_clients(best_rps),
     };
     let mut link_runs = Vec::new();
     if !opts.no_link {
@@ -415,10 +422,6 @@ fn pct(v: Option<f64>) -> String {
     v.map(|x| format!("{:.1}%", x * 100.0)).unwrap_or_else(|| "–".into())
 }
 
-fn cheapest_bare(b: &BenchReport) -> f64 {
-    b.models.iter().map(|m| m.bare_p50_ms).fold(f64::INFINITY, f64::min)
-}
-
 /// `fig1`: Figure 1's bench before and after the ramps; `priced`: the faster of the two, which
 /// the yardsticks use.
 fn report_md(
@@ -465,8 +468,8 @@ fn report_md(
         "## Saturation and per-request overhead\n\nThe model costs and the probe were measured twice, before and after the ramps (the probe: {:.0} and {:.0} req/s; the cheapest model: {:.3} and {:.3} ms bare; both tables of model costs are at the end). The optimum below is priced at the faster reading of each (every model at the lower of its two costs, the higher throughput), so that a slow phase of this machine during one measurement cannot lower the bar.\n\n`static-cheapest` with {} clients (more than it can serve) answered **{:.0} req/s** (the faster probe). With {cores} cores that is {:.3} ms of CPU per request, of which the cheapest model's inference is {:.3} ms: **o = {:.3} ms per request beside inference** (decode, resize, framing, sockets and the in-process fleet). The cheapest model saturates within T at X·T = **{:.0} clients**; the goal (≥ 99 % of requests within T, accuracy ≥ 95 % of the decode-aware optimum) applies up to 90 % of that, {:.0} clients.\n",
         sat.probes[0],
         sat.probes[1],
-        cheapest_bare(fig1),
-        cheapest_bare(fig1_after),
+        sat.cheapest_readings[0],
+        sat.cheapest_readings[1],
         sat.clients,
         sat.rps,
         cores as f64 * 1000.0 / sat.rps.max(1e-9),
