@@ -33,6 +33,14 @@ fn quick_experiment_produces_every_file() {
         assert!(report.contains(&format!("### `{p}`")), "report lacks the {p} table");
     }
     assert!(report.contains("Estimator accuracy") && report.contains("optimum"));
+    // Every ramp served requests, so every policy has a load factor (a number, not a dash).
+    let factors = report.lines().find(|l| l.starts_with("| **load factor** |")).expect("the load factor row");
+    let cells: Vec<&str> = factors.trim_matches('|').split('|').map(str::trim).skip(2).collect();
+    assert_eq!(cells.len(), edgeinfer::cmd::experiment::POLICIES.len(), "{factors}");
+    for c in cells {
+        let x: f64 = c.trim_end_matches('×').parse().unwrap_or_else(|_| panic!("load factor {c:?} in {factors}"));
+        assert!(x > 0.0 && x.is_finite(), "{factors}");
+    }
     // Every policy served the ramp without errors, and the ramp reached its top.
     for p in edgeinfer::cmd::experiment::POLICIES {
         let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join(format!("summary_{p}.json"))).unwrap()).unwrap();

@@ -15,6 +15,7 @@ use crate::cmd::bench::{self, BenchReport};
 use crate::cmd::headless::{self, HeadlessOptions};
 use crate::config::Config;
 use crate::service::{Report, Service};
+use crate::telemetry::summary::ModelSummary;
 use crate::telemetry::Row as FleetRow;
 use optimum::{optimum, optimum_within, Point};
 use plot::Panel;
@@ -422,6 +423,47 @@ fn pct(v: Option<f64>) -> String {
     v.map(|x| format!("{:.1}%", x * 100.0)).unwrap_or_else(|| "–".into())
 }
 
+/// Per served request, how much longer its inference took under the ramp's load than the model
+/// costs in the bench that prices the optimum: Σ served × p50 under load / Σ served × priced p50.
+/// `None` when the run served no priced model. Only models whose names match are counted.
+fn load_factor(priced: &BenchReport, models: &[ModelSummary]) -> Option<f64> {
+    let (mut loaded, mut bench) = (0.0, 0.0);
+    for m in models {
+        let (Some(p50), Some(b)) = (m.p50_ms, priced.models.iter().find(|b| b.name == m.name)) else { continue };
+        loaded += m.served as f64 * p50;
+        bench += m.served as f64 * b.bare_p50_ms;
+    }
+    (bench > 0.0).then(|| loaded / bench)
+}
+
+/// "Model costs under load": each model's inference p50 in every ramp beside the price the
+/// optimum uses. The optimum assumes k cores run k models each at its bare cost; where both
+/// cores compute at once they slow each other (shared caches, memory bandwidth, and on a
+/// virtual machine whatever the host shares), so this is how much of a shortfall is the
+/// machine's rather than the policy's.
+fn under_load_md(s: &mut String, priced: &BenchReport, runs: &[PolicyRun]) {
+    let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
+    let _ = writeln!(
+        s,
+        "\n## Model costs under load\n\nEach model's inference p50 while it served in each ramp (requests served in brackets), against the bare p50 the optimum is priced at. **Load factor**: Σ served × p50 under load / Σ served × bare p50, i.e. how much longer the requests' inferences took than the optimum assumes.\n\n| model | bare p50 ms | {} |\n|---|---:|{}",
+        names.iter().map(|n| format!("`{n}` p50 ms")).collect::<Vec<_>>().join(" | "),
+        "---:|".repeat(names.len())
+    );
+    for b in &priced.models {
+        let cells: Vec<String> = runs
+            .iter()
+            .map(|r| match r.report.summary.models.iter().find(|m| m.name == b.name) {
+                Some(ModelSummary { served, p50_ms: Some(p), .. }) if *served > 0 => format!("{p:.3} ({served})"),
+                _ => "–".into(),
+            })
+            .collect();
+        let _ = writeln!(s, "| {} | {:.3} | {} |", b.name, b.bare_p50_ms, cells.join(" | "));
+    }
+    let factors: Vec<String> =
+        runs.iter().map(|r| load_factor(priced, &r.report.summary.models).map_or("–".into(), |x| format!("{x:.2}×"))).collect();
+    let _ = writeln!(s, "| **load factor** | 1.00× | {} |", factors.join(" | "));
+}
+
 /// `fig1`: Figure 1's bench before and after the ramps; `priced`: the faster of the two, which
 /// the yardsticks use.
 fn report_md(
@@ -549,6 +591,7 @@ fn report_md(
         let _ = writeln!(s, "| `{}` | {} | {} |", r.name, f(e.p50, 2), f(e.p99, 2));
     }
     let _ = writeln!(s, "\nError: |predicted − actual| of queue wait + inference per request. The shared executor predicts when a worker takes the request (the wait is known), so only the inference time is a guess.");
+    under_load_md(&mut s, priced, runs);
     if !link_runs.is_empty() {
         let fc = &cfg.fleet;
         let _ = writeln!(
@@ -627,26 +670,8 @@ mod tests {
 
     #[test]
     fn the_all_cores_yardstick_prices_every_rung_at_its_parallel_cost() {
-        let model = |name: &str, accuracy: f32, bare: f64, together: f64| bench::ModelBench {
-            name: name.into(),
-            accuracy,
-            input: 128,
-            bare_p50_ms: bare,
-            bare_p99_ms: bare,
-            server_p50_ms: bare,
-            server_p99_ms: bare,
-            overhead_pct: 0.0,
-            all_cores_p50_ms: together,
-        };
-        let fig1 = bench::BenchReport {
-            backend: "test".into(),
-            intra_threads: 1,
-            iterations: 1,
-            all_cores: 2,
-            synthetic_weights: true,
-            // The dearer model first, as in a ladder; the cheapest by bare cost is the probe's.
-            models: vec![model("big", 70.0, 2.0, 2.2), model("small", 40.0, 0.4, 0.6)],
-        };
+        // The dearer model first, as in a ladder; the cheapest by bare cost is the probe's.
+        let fig1 = report(vec![model("big", 70.0, 2.0, 2.2), model("small", 40.0, 0.4, 0.6)]);
         // 2 cores at 2,000 req/s: 1 ms of CPU per request, 0.6 of it the cheapest at its parallel price.
         let p = Yardstick::of(&fig1, 2, 2000.0, |m| m.all_cores_p50_ms);
         assert_eq!(p.cheapest_ms, 0.6);
@@ -658,11 +683,11 @@ mod tests {
         assert!((b.overhead_ms - 0.6).abs() < 1e-12);
     }
 
-    #[test]
-    fn the_yardstick_takes_each_models_faster_reading() {
-        let model = |name: &str, bare: f64, together: f64| bench::ModelBench {
+    /// A bench reading of one model: p99 twice the p50, `together` when all cores run it.
+    fn model(name: &str, accuracy: f32, bare: f64, together: f64) -> bench::ModelBench {
+        bench::ModelBench {
             name: name.into(),
-            accuracy: 50.0,
+            accuracy,
             input: 128,
             bare_p50_ms: bare,
             bare_p99_ms: bare * 2.0,
@@ -670,24 +695,39 @@ mod tests {
             server_p99_ms: bare * 2.0,
             overhead_pct: 0.0,
             all_cores_p50_ms: together,
-        };
-        let report = |models| bench::BenchReport {
-            backend: "test".into(),
-            intra_threads: 1,
-            iterations: 1,
-            all_cores: 2,
-            synthetic_weights: true,
-            models,
-        };
+        }
+    }
+
+    fn report(models: Vec<bench::ModelBench>) -> BenchReport {
+        BenchReport { backend: "test".into(), intra_threads: 1, iterations: 1, all_cores: 2, synthetic_weights: true, models }
+    }
+
+    #[test]
+    fn the_load_factor_weights_each_models_slowdown_by_what_it_served() {
+        let priced = report(vec![model("big", 50.0, 2.0, 2.0), model("small", 50.0, 0.5, 0.5)]);
+        let served =
+            |name: &str, served: u64, p50_ms: Option<f64>| ModelSummary { name: name.into(), accuracy: 50.0, served, ewma_ms: 0.0, p50_ms };
+        // 100 requests on big at 3.0 ms (1.5×), 300 on small at 0.6 ms (1.2×):
+        // (100·3.0 + 300·0.6) / (100·2.0 + 300·0.5) = 480 / 350.
+        let f = load_factor(&priced, &[served("big", 100, Some(3.0)), served("small", 300, Some(0.6))]).unwrap();
+        assert!((f - 480.0 / 350.0).abs() < 1e-12, "{f}");
+        // A model that served nothing, or one the bench does not know, counts for nothing.
+        let g = load_factor(&priced, &[served("big", 0, None), served("small", 10, Some(0.5)), served("other", 50, Some(9.0))]).unwrap();
+        assert!((g - 1.0).abs() < 1e-12, "{g}");
+        assert_eq!(load_factor(&priced, &[served("big", 0, None)]), None);
+    }
+
+    #[test]
+    fn the_yardstick_takes_each_models_faster_reading() {
         // A slow phase hit the big model in the first run and the small one in the second.
-        let before = report(vec![model("big", 3.0, 3.3), model("small", 0.4, 0.5)]);
-        let after = report(vec![model("big", 2.0, 2.4), model("small", 0.6, 0.7)]);
+        let before = report(vec![model("big", 50.0, 3.0, 3.3), model("small", 50.0, 0.4, 0.5)]);
+        let after = report(vec![model("big", 50.0, 2.0, 2.4), model("small", 50.0, 0.6, 0.7)]);
         let f = faster(&before, &after);
         let costs: Vec<_> = f.models.iter().map(|m| (m.bare_p50_ms, m.bare_p99_ms, m.all_cores_p50_ms)).collect();
         assert_eq!(costs, vec![(2.0, 4.0, 2.4), (0.4, 0.8, 0.5)]);
         assert_eq!(faster(&after, &before).models[0].bare_p50_ms, 2.0);
         // A ladder that differs (it cannot, within one run) leaves the first reading alone.
-        let other = report(vec![model("else", 0.1, 0.1), model("small", 0.3, 0.3)]);
+        let other = report(vec![model("else", 50.0, 0.1, 0.1), model("small", 50.0, 0.3, 0.3)]);
         let g = faster(&before, &other);
         assert_eq!((g.models[0].bare_p50_ms, g.models[1].bare_p50_ms), (3.0, 0.3));
     }
