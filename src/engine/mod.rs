@@ -208,7 +208,7 @@ impl Engine {
             dispatcher.seed(i, *us);
         }
         let intake = Arc::new(Intake::new(cfg.max_waiting));
-        let limits = Limits { max_image_pixels: cfg.max_image_pixels, top_k: cfg.top_k, nice: cfg.engine.executor_nice };
+        let limits = Limits { max_image_pixels: cfg.max_image_pixels, top_k: cfg.top_k, nice: cfg.engine.executor_nice() };
         let ladder = Arc::new(specs);
         let executor = match mode {
             Mode::Shared(choice) => Executor::Shared(
