@@ -131,9 +131,9 @@ pub fn auto_runtime_threads(cores: usize, workers: usize) -> usize {
 /// --clients N --no-link --duration 25`, 0 and 10 alternated (and 0 against 5 at 48 clients):
 /// the median latency rose by 1.0–2.9 ms in 17 of 17 pairs with p99 within 1.1 ms of before and
 /// SLO 99.76–99.89 %, i.e. the policy spent more of T, and mean accuracy was higher in 13 of 17
-/// pairs (mean +0.63 points at 32 clients, +0.96 at 48, +1.49 at 56, +0.33 at 64); `bench overhead` was not
-/// worse (2 pairs: saturated 1,578 → 1,606 and 1,446 → 1,532 req/s, one client 0.62 → 0.57 and
-/// 0.65 → 0.60 ms). Where the executor leaves cores to the runtime (8 and more) it is not
+/// pairs (mean +0.63 points at 32 clients, +0.96 at 48, +1.49 at 56, +0.33 at 64);
+/// `bench overhead` was not worse (2 pairs: saturated 1,578 → 1,606 and 1,446 → 1,532 req/s,
+/// one client 0.62 → 0.57 and 0.65 → 0.60 ms). Where the executor leaves cores to the runtime (8 and more) it is not
 /// measured, and stays 0.
 pub fn auto_executor_nice(cores: usize, workers: usize) -> i32 {
     if workers >= cores {
