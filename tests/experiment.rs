@@ -41,6 +41,23 @@ fn quick_experiment_produces_every_file() {
         let x: f64 = c.trim_end_matches('×').parse().unwrap_or_else(|_| panic!("load factor {c:?} in {factors}"));
         assert!(x > 0.0 && x.is_finite(), "{factors}");
     }
+    // Every level of the default policy's table has a measured speed and overhead (numbers, not
+    // dashes) and an in-situ optimum beside the decode-aware one.
+    let table = report.split("### `deadline`").nth(1).expect("the deadline table");
+    let header = table.lines().find(|l| l.starts_with("| clients |")).expect("its header");
+    let col = |name: &str| header.split('|').map(str::trim).position(|c| c == name).unwrap_or_else(|| panic!("no {name} column: {header}"));
+    let (speed, o_ms, situ) = (col("speed"), col("o ms"), col("in-situ optimum"));
+    let rows: Vec<&str> = table.lines().skip_while(|l| !l.starts_with("|---")).skip(1).take_while(|l| l.starts_with('|')).collect();
+    assert!(!rows.is_empty(), "{table}");
+    for r in rows {
+        let cells: Vec<&str> = r.split('|').map(str::trim).collect();
+        let x: f64 = cells[speed].trim_end_matches('×').parse().unwrap_or_else(|_| panic!("speed {:?} in {r}", cells[speed]));
+        assert!(x > 0.0 && x.is_finite(), "{r}");
+        let o: f64 = cells[o_ms].parse().unwrap_or_else(|_| panic!("o {:?} in {r}", cells[o_ms]));
+        assert!(o >= 0.0, "{r}");
+        let o: f64 = cells[situ].trim_end_matches('*').parse().unwrap_or_else(|_| panic!("in-situ optimum {:?} in {r}", cells[situ]));
+        assert!(o > 0.0, "{r}");
+    }
     // Every policy served the ramp without errors, and the ramp reached its top.
     for p in edgeinfer::cmd::experiment::POLICIES {
         let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join(format!("summary_{p}.json"))).unwrap()).unwrap();

@@ -128,7 +128,13 @@ pub(super) async fn run(id: u32, shared: Arc<Shared>, state: Arc<ClientState>, s
             Ok(resp) if resp.status == Status::Ok => {
                 state.last_latency_us.store(latency_us, Ordering::Relaxed);
                 state.record_label(&resp);
-                shared.stats.record(Outcome::Served { latency_us, model: None, accuracy: accuracy(&resp), within_bound: false });
+                shared.stats.record(Outcome::Served {
+                    latency_us,
+                    model: None,
+                    accuracy: accuracy(&resp),
+                    inference_us: 0,
+                    within_bound: false,
+                });
                 if ctl.observe(&shared.params, latency_us as f64 / 1000.0, Instant::now()).is_some() {
                     state.level.store(ctl.level() as u8, Ordering::Relaxed);
                 }

@@ -79,7 +79,7 @@ mod tests {
         for _ in 0..3 {
             s.sent();
         }
-        s.record(Outcome::Served { latency_us: 10_000, model: None, accuracy: Some(70.0), within_bound: false });
+        s.record(Outcome::Served { latency_us: 10_000, model: None, accuracy: Some(70.0), inference_us: 0, within_bound: false });
         s.record(Outcome::Refused { overloaded: false });
         s.record(Outcome::Failed);
         // A request that failed before any byte was sent (e.g. connection refused).

@@ -158,6 +158,7 @@ impl Telemetry {
             latency_us: total,
             model,
             accuracy: model.map(|m| self.accuracies[m]),
+            inference_us: r.timings.inference_us as u64,
             within_bound: (total as f64) <= bound_ms * 1000.0,
         });
         if let Some(m) = model {

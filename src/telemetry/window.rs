@@ -63,6 +63,9 @@ pub struct Row {
     pub queue_depths: Vec<usize>,
     /// Requests each model served in the interval, ladder order (server).
     pub served: Vec<u64>,
+    /// Inference time each model spent on those requests, ms, ladder order (server): with
+    /// `served`, what the models cost on this machine while the interval's load ran.
+    pub inference_ms: Vec<f64>,
     pub errors: u64,
     /// Of `errors`, those refused `overloaded`.
     pub overloaded: u64,
@@ -75,9 +78,10 @@ pub struct Row {
 /// What one request's outcome adds to a window.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Outcome {
-    /// Answered `ok`: its latency (µs), the rung that served it and that rung's declared
-    /// accuracy when known, and whether the latency was within the bound (windows that judge one).
-    Served { latency_us: u64, model: Option<usize>, accuracy: Option<f32>, within_bound: bool },
+    /// Answered `ok`: its latency (µs), the rung that served it, that rung's declared accuracy
+    /// and its inference time (µs) when known, and whether the latency was within the bound
+    /// (windows that judge one).
+    Served { latency_us: u64, model: Option<usize>, accuracy: Option<f32>, inference_us: u64, within_bound: bool },
     /// Answered with an error status.
     Refused { overloaded: bool },
     /// Never answered: connection failure or timeout.
@@ -94,18 +98,29 @@ struct Tally {
     scored: u64,
     acc_sum: f64,
     within_bound: u64,
-    /// Per rung, ladder order (empty where rungs are not tracked).
+    /// Per rung, ladder order (empty where rungs are not tracked): requests, inference µs.
     served: Vec<u64>,
+    inference_us: Vec<u64>,
 }
 
 impl Tally {
     fn new(rungs: usize) -> Self {
-        Self { latency: histogram(), answered: 0, errors: 0, overloaded: 0, scored: 0, acc_sum: 0.0, within_bound: 0, served: vec![0; rungs] }
+        Self {
+            latency: histogram(),
+            answered: 0,
+            errors: 0,
+            overloaded: 0,
+            scored: 0,
+            acc_sum: 0.0,
+            within_bound: 0,
+            served: vec![0; rungs],
+            inference_us: vec![0; rungs],
+        }
     }
 
     fn add(&mut self, o: Outcome) {
         match o {
-            Outcome::Served { latency_us, model, accuracy, within_bound } => {
+            Outcome::Served { latency_us, model, accuracy, inference_us, within_bound } => {
                 self.answered += 1;
                 record_us(&mut self.latency, latency_us);
                 self.within_bound += u64::from(within_bound);
@@ -113,8 +128,9 @@ impl Tally {
                     self.scored += 1;
                     self.acc_sum += a as f64;
                 }
-                if let Some(n) = model.and_then(|m| self.served.get_mut(m)) {
-                    *n += 1;
+                if let Some(m) = model.filter(|&m| m < self.served.len()) {
+                    self.served[m] += 1;
+                    self.inference_us[m] += inference_us;
                 }
             }
             Outcome::Refused { overloaded } => {
@@ -189,6 +205,7 @@ impl Window {
             overloaded: i.overloaded,
             slo_attainment: i.slo_attainment().filter(|_| self.bounded),
             served: i.served,
+            inference_ms: i.inference_us.iter().map(|&us| us as f64 / 1000.0).collect(),
             per_resolution,
         };
         self.last_tick = now;
@@ -219,7 +236,7 @@ mod tests {
     use super::*;
 
     fn served(latency_us: u64, model: usize, accuracy: f32, within_bound: bool) -> Outcome {
-        Outcome::Served { latency_us, model: Some(model), accuracy: Some(accuracy), within_bound }
+        Outcome::Served { latency_us, model: Some(model), accuracy: Some(accuracy), inference_us: latency_us / 10, within_bound }
     }
 
     #[test]
@@ -232,10 +249,12 @@ mod tests {
         w.record(Outcome::Failed);
         let r = w.tick(start + std::time::Duration::from_secs(2), 4, vec![1, 0], vec![]);
         assert_eq!((r.rps, r.errors, r.overloaded, r.served.clone()), (1.5, 2, 1, vec![1, 1]));
+        assert_eq!(r.inference_ms, vec![1.0, 3.0], "each rung's inference time, ms");
         assert_eq!((r.mean_accuracy, r.slo_attainment), (Some(60.0), Some(0.5)));
         assert!((29.9..=30.1).contains(&r.p99_ms.unwrap()));
         let r2 = w.tick(start + std::time::Duration::from_secs(3), 4, vec![0, 0], vec![]);
         assert_eq!((r2.rps, r2.p50_ms, r2.mean_accuracy, r2.served.clone()), (0.0, None, None, vec![0, 0]));
+        assert_eq!(r2.inference_ms, vec![0.0, 0.0], "a new interval starts from nothing");
         let t = w.totals();
         assert_eq!((t.answered, t.errors, t.served, t.served_per_rung), (3, 2, 2, vec![1, 1]));
         assert_eq!((t.mean_accuracy, t.slo_attainment), (Some(60.0), Some(0.5)));
@@ -246,7 +265,7 @@ mod tests {
     fn an_unbounded_window_has_no_slo() {
         let start = Instant::now();
         let mut w = Window::new(start, 0, false);
-        w.record(Outcome::Served { latency_us: 5_000, model: None, accuracy: Some(70.0), within_bound: false });
+        w.record(Outcome::Served { latency_us: 5_000, model: None, accuracy: Some(70.0), inference_us: 0, within_bound: false });
         let r = w.tick(start + std::time::Duration::from_secs(1), 1, vec![], vec![1]);
         assert_eq!((r.slo_attainment, r.mean_accuracy, r.per_resolution.clone()), (None, Some(70.0), vec![1]));
         assert_eq!(w.totals().slo_attainment, None);

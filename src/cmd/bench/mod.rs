@@ -28,6 +28,9 @@ pub struct ModelBench {
     pub input: u32,
     pub bare_p50_ms: f64,
     pub bare_p99_ms: f64,
+    /// Mean of the bare runs: what a model costs per request on average, the figure a
+    /// throughput (k / mean cost) is made of.
+    pub bare_mean_ms: f64,
     pub server_p50_ms: f64,
     pub server_p99_ms: f64,
     /// (server p50 − bare p50) / bare p50, percent.
@@ -94,6 +97,7 @@ pub fn run_models(cfg: &Config, iterations: usize) -> Result<BenchReport> {
             input: spec.input.size,
             bare_p50_ms: b50,
             bare_p99_ms: percentile(&bare, 0.99),
+            bare_mean_ms: bare.iter().sum::<f64>() / bare.len() as f64,
             server_p50_ms: s50,
             server_p99_ms: percentile(&server, 0.99),
             overhead_pct: overhead_pct(b50, s50),

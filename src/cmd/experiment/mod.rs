@@ -82,6 +82,12 @@ pub struct Level {
     pub rps: f64,
     /// Requests refused `overloaded` (shed or admission) per second.
     pub overloaded_rps: f64,
+    /// Per rung, ladder order, over the level's steady intervals: requests served, and the
+    /// inference time they took, ms (see [`speed`]).
+    pub served: Vec<u64>,
+    pub inference_ms: Vec<f64>,
+    /// Requests answered over the steady intervals, refusals included.
+    pub answered: u64,
 }
 
 /// Groups time-series rows by client count; the first interval at each count is a transition
@@ -105,6 +111,12 @@ pub fn levels(rows: &[crate::telemetry::Row]) -> Vec<Level> {
         let all: f64 = steady.iter().map(|r| served(r) + r.errors as f64).sum();
         let p50s: Vec<f64> = steady.iter().filter_map(|r| r.p50_ms).collect();
         let secs = steady.len().max(1) as f64;
+        let rungs = steady.iter().map(|r| r.served.len()).max().unwrap_or(0);
+        let (mut per_rung, mut inference_ms) = (vec![0u64; rungs], vec![0.0; rungs]);
+        for r in steady {
+            r.served.iter().enumerate().for_each(|(m, &k)| per_rung[m] += k);
+            r.inference_ms.iter().enumerate().take(rungs).for_each(|(m, &x)| inference_ms[m] += x);
+        }
         if n > 0 {
             out.push(Level {
                 clients: n,
@@ -115,6 +127,9 @@ pub fn levels(rows: &[crate::telemetry::Row]) -> Vec<Level> {
                 p99_ms: steady.iter().filter_map(|r| r.p99_ms).reduce(f64::max),
                 rps: steady.iter().map(|r| r.rps).sum::<f64>() / secs,
                 overloaded_rps: steady.iter().map(|r| r.overloaded as f64).sum::<f64>() / secs,
+                answered: all as u64,
+                served: per_rung,
+                inference_ms,
             });
         }
         i = j;
@@ -167,7 +182,9 @@ struct PolicyRun {
 /// o = k / X − c_cheapest.
 struct Yardstick {
     points: Vec<Point>,
-    /// The cheapest model of the ladder (by bare cost: the one the probe ran), at this price, ms.
+    /// The ladder's last rung — the one `static-cheapest`, and so the probe, ran — at this
+    /// price, ms. Not the rung with the lowest price: a slow reading can price a rung above it
+    /// lower, and o must subtract what the probe actually ran.
     cheapest_ms: f64,
     overhead_ms: f64,
 }
@@ -175,8 +192,18 @@ struct Yardstick {
 impl Yardstick {
     fn of(fig1: &BenchReport, cores: usize, rps: f64, price: impl Fn(&bench::ModelBench) -> f64) -> Yardstick {
         let points = fig1.models.iter().map(|m| Point { cost_ms: price(m), accuracy: m.accuracy as f64 }).collect();
-        let cheapest_ms = fig1.models.iter().min_by(|a, b| a.bare_p50_ms.total_cmp(&b.bare_p50_ms)).map_or(0.0, &price);
+        let cheapest_ms = fig1.models.last().map_or(0.0, &price);
         Yardstick { points, cheapest_ms, overhead_ms: (cores as f64 * 1000.0 / rps.max(1e-9) - cheapest_ms).max(0.0) }
+    }
+
+    /// The same ladder as the machine ran during one level: every model `speed` times its price
+    /// here, and `overhead_ms` beside inference (see [`speed`], [`overhead_in_situ`]).
+    fn in_situ(&self, speed: f64, overhead_ms: f64) -> Yardstick {
+        Yardstick {
+            points: self.points.iter().map(|p| Point { cost_ms: p.cost_ms * speed, accuracy: p.accuracy }).collect(),
+            cheapest_ms: self.cheapest_ms * speed,
+            overhead_ms,
+        }
     }
 
     /// The optimum with `clients` closed-loop clients on `cores` cores within `bound_ms`.
@@ -201,6 +228,7 @@ fn faster(first: &BenchReport, second: &BenchReport) -> BenchReport {
         }
         m.bare_p50_ms = m.bare_p50_ms.min(other.bare_p50_ms);
         m.bare_p99_ms = m.bare_p99_ms.min(other.bare_p99_ms);
+        m.bare_mean_ms = m.bare_mean_ms.min(other.bare_mean_ms);
         m.server_p50_ms = m.server_p50_ms.min(other.server_p50_ms);
         m.server_p99_ms = m.server_p99_ms.min(other.server_p99_ms);
         m.all_cores_p50_ms = m.all_cores_p50_ms.min(other.all_cores_p50_ms);
@@ -319,7 +347,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, base: Config, opts: &ExperimentOpt
             link_runs.push((name, fleet_rows, report));
         }
     }
-    let report = report_md(&base, [&fig1, &fig1_after], &priced, &sat, &runs, ramp, &link_runs);
+    let report = report_md(&base, [&fig1, &fig1_after], (&priced, &bare), &sat, &runs, ramp, &link_runs);
     let path = out.join("report.md");
     std::fs::write(&path, report).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(path)
@@ -419,8 +447,11 @@ fn f(v: Option<f64>, digits: usize) -> String {
     v.map(|x| format!("{x:.digits$}")).unwrap_or_else(|| "–".into())
 }
 
+/// A fraction as a percentage with one decimal, truncated rather than rounded: the goal's
+/// thresholds are 95 % and 99 %, and 94.96 % printed as "95.0%" beside a ✗ reads as a mistake.
 fn pct(v: Option<f64>) -> String {
-    v.map(|x| format!("{:.1}%", x * 100.0)).unwrap_or_else(|| "–".into())
+    // The small epsilon keeps an exact 0.95 (0.9499999… in binary) from printing as 94.9 %.
+    v.map(|x| format!("{:.1}%", (x * 1000.0 + 1e-9).floor() / 10.0)).unwrap_or_else(|| "–".into())
 }
 
 /// Per served request, how much longer its inference took under the ramp's load than the model
@@ -434,6 +465,36 @@ fn load_factor(priced: &BenchReport, models: &[ModelSummary]) -> Option<f64> {
         bench += m.served as f64 * b.bare_p50_ms;
     }
     (bench > 0.0).then(|| loaded / bench)
+}
+
+/// How much slower the models ran during one level than in the bench that prices the optimum:
+/// Σ inference time of the level's requests / Σ over the same requests of their model's bare
+/// mean. Means against means, because a mix's throughput is made of mean costs. `None` when the
+/// level served nothing the bench priced (the rungs must be the bench's, ladder order).
+pub fn speed(level: &Level, priced: &BenchReport) -> Option<f64> {
+    if level.served.len() != priced.models.len() {
+        return None;
+    }
+    let took: f64 = level.inference_ms.iter().sum();
+    let bench: f64 = level.served.iter().zip(&priced.models).map(|(&k, m)| k as f64 * m.bare_mean_ms).sum();
+    (bench > 0.0 && took > 0.0).then(|| took / bench)
+}
+
+/// The CPU a level's requests took beside inference, per answered request, ms: k / X − the mean
+/// inference time per answered request — the probe's formula, applied to the level itself with
+/// the inference it measured. Both are wall-clock times on the executor's threads, so whatever
+/// preempts them (the runtime's thread, the kernel) is inside the inference times and not here;
+/// the two add up to the k cores as long as the executor never idles, which a closed loop with
+/// more clients than cores ensures. `None` when the level answered nothing, and where the
+/// inference times alone exceed the cores (`paper`: its model threads outnumber the cores and
+/// preempt each other, so wall-clock inference times overlap and o cannot be read from them).
+pub fn overhead_in_situ(level: &Level, cores: usize) -> Option<f64> {
+    let took: f64 = level.inference_ms.iter().sum();
+    if level.rps <= 0.0 || level.answered == 0 {
+        return None;
+    }
+    let o = cores as f64 * 1000.0 / level.rps - took / level.answered as f64;
+    (o >= 0.0).then_some(o)
 }
 
 /// "Model costs under load": each model's inference p50 in every ramp beside the price the
@@ -464,12 +525,12 @@ fn under_load_md(s: &mut String, priced: &BenchReport, runs: &[PolicyRun]) {
     let _ = writeln!(s, "| **load factor** | 1.00× | {} |", factors.join(" | "));
 }
 
-/// `fig1`: Figure 1's bench before and after the ramps; `priced`: the faster of the two, which
-/// the yardsticks use.
+/// `fig1`: Figure 1's bench before and after the ramps; `priced`: the faster of the two, and
+/// `bare`, the decode-aware yardstick priced at it.
 fn report_md(
     cfg: &Config,
     [fig1, fig1_after]: [&BenchReport; 2],
-    priced: &BenchReport,
+    (priced, bare): (&BenchReport, &Yardstick),
     sat: &Saturation,
     runs: &[PolicyRun],
     ramp: Ramp,
@@ -477,11 +538,6 @@ fn report_md(
 ) -> String {
     let (workers, cores) = (cfg.engine.pool_workers(), crate::engine::config::cores());
     let t = cfg.dispatch.latency_bound_ms;
-    let bare = Yardstick::of(priced, cores, sat.rps, |m| m.bare_p50_ms);
-    // The same yardstick priced at what each rung costs while every executor thread runs it
-    // (Figure 1's last column): cores share caches and memory bandwidth, so k runs at once are
-    // not k bare runs. Its overhead is what is left of the probe's k/X beside that price.
-    let parallel = Yardstick::of(priced, cores, sat.rps, |m| m.all_cores_p50_ms);
     let goal_top = 0.9 * sat.saturation_clients;
     let mut s = String::new();
     let _ = writeln!(s, "# edgeinfer experiment report\n");
@@ -507,7 +563,7 @@ fn report_md(
     }
     let _ = writeln!(
         s,
-        "## Saturation and per-request overhead\n\nThe model costs and the probe were measured twice, before and after the ramps (the probe: {:.0} and {:.0} req/s; the cheapest model: {:.3} and {:.3} ms bare; both tables of model costs are at the end). The optimum below is priced at the faster reading of each (every model at the lower of its two costs, the higher throughput), so that a slow phase of this machine during one measurement cannot lower the bar.\n\n`static-cheapest` with {} clients (more than it can serve) answered **{:.0} req/s** (the faster probe). With {cores} cores that is {:.3} ms of CPU per request, of which the cheapest model's inference is {:.3} ms: **o = {:.3} ms per request beside inference** (decode, resize, framing, sockets and the in-process fleet). The cheapest model saturates within T at X·T = **{:.0} clients**; the goal (≥ 99 % of requests within T, accuracy ≥ 95 % of the decode-aware optimum) applies up to 90 % of that, {:.0} clients.\n",
+        "## Saturation and per-request overhead\n\nThe model costs and the probe were measured twice, before and after the ramps (the probe: {:.0} and {:.0} req/s; the model it runs, the ladder's last rung: {:.3} and {:.3} ms bare; both tables of model costs are at the end). The optimum below is priced at the faster reading of each (every model at the lower of its two costs, the higher throughput), so that a slow phase of this machine during one measurement cannot lower the bar.\n\n`static-cheapest` with {} clients (more than it can serve) answered **{:.0} req/s** (the faster probe). With {cores} cores that is {:.3} ms of CPU per request, of which that model's inference is {:.3} ms: **o = {:.3} ms per request beside inference** (decode, resize, framing, sockets and the in-process fleet). The cheapest model saturates within T at X·T = **{:.0} clients**; the goal (≥ 99 % of requests within T, accuracy ≥ 95 % of the decode-aware optimum) applies up to 90 % of that, {:.0} clients.\n",
         sat.probes[0],
         sat.probes[1],
         sat.cheapest_readings[0],
@@ -519,11 +575,6 @@ fn report_md(
         sat.overhead_ms,
         sat.saturation_clients,
         goal_top
-    );
-    let _ = writeln!(
-        s,
-        "Priced at what the cheapest model costs while all {} executor threads run it ({:.3} ms, Figure 1's last column), the same k/X leaves o = {:.3} ms beside inference: the *all-cores optimum* below.\n",
-        fig1.all_cores, parallel.cheapest_ms, parallel.overhead_ms
     );
     let _ = writeln!(s, "## Figure 3: accuracy over time under a load ramp\n");
     for r in runs {
@@ -542,20 +593,22 @@ fn report_md(
     }
     let _ = writeln!(
         s,
-        "\n## Policies side by side, against the optimum\n\n**Decode-aware optimum**: the best mean accuracy any model mix can reach when N closed-loop clients share {cores} cores within T: mean inference cost ≤ {cores}·T/N − o, read on the upper convex hull of (bare p50 cost, the faster of its two readings; accuracy). The *inference-only* optimum (≤ {cores}·T/N, what earlier reports used) ignores o and promises accuracy no mix can reach at high load; it is shown beside. The *all-cores optimum* is the decode-aware optimum with every model priced at its cost while all executor threads run it (and o re-read from the probe at that price): the bare price assumes k cores run k models as fast as one core runs one, which shared caches and memory bandwidth do not allow. The goal is judged against the decode-aware optimum; the all-cores one shows how much of a shortfall is the machine's. `*`: no mix meets T at this load. **SLO (all)** counts every answered request, refusals included, as the goal does; **SLO** is the summary's `slo_attainment` (served requests only). **goal**: ✓ where both targets are met, ✗ where not, blank past 90 % of saturation.\n"
+        "\n## Policies side by side, against the optimum\n\n**Decode-aware optimum**: the best mean accuracy any model mix can reach when N closed-loop clients share {cores} cores within T: mean inference cost ≤ {cores}·T/N − o, read on the upper convex hull of (bare p50 cost, the faster of its two readings; accuracy). The *inference-only* optimum (≤ {cores}·T/N, what earlier reports used) ignores o and promises accuracy no mix can reach at high load; it is shown beside. **speed** is how much slower the models ran during the level than in the bench: Σ inference time of the level's requests / Σ of their models' bare means (1.00: as fast as the bench; a mix of models, both cores computing at once, preemption by the sockets' thread and this machine's slow phases all raise it). **o** is the level's own CPU beside inference per request: k / X − mean inference time per request, both measured in the level (a dash where the inference times overlap past the cores, as `paper`'s sixteen model threads do). Percentages are truncated, not rounded. The *in-situ optimum* is the decode-aware optimum of the machine as it ran during the level: every model at its price × speed, and that o — what the best mix could have reached then. The goal is judged against the decode-aware optimum; the in-situ one shows how much of a shortfall is the machine's and how much the policy's. It is a diagnosis, not the goal: a policy whose own choices slowed the models (by mixing them, say) is measured against an optimum slowed alike, and every unchosen model is assumed to slow by the same factor. `*`: no mix meets T at this load. **SLO (all)** counts every answered request, refusals included, as the goal does; **SLO** is the summary's `slo_attainment` (served requests only). **goal**: ✓ where both targets are met, ✗ where not, blank past 90 % of saturation.\n"
     );
     for r in runs {
         let _ = writeln!(
             s,
-            "### `{}`\n\n| clients | SLO (all) | SLO | mean accuracy | decode-aware optimum | of it | all-cores optimum | of it | inference-only optimum | p50 ms | p99 ms | req/s | overloaded/s | goal |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
+            "### `{}`\n\n| clients | SLO (all) | SLO | mean accuracy | decode-aware optimum | of it | speed | o ms | in-situ optimum | of it | inference-only optimum | p50 ms | p99 ms | req/s | overloaded/s | goal |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
             r.name
         );
         for l in &r.levels {
             let opt = bare.at(cores, t, l.clients);
             let old = optimum(&bare.points, l.clients, cores, t);
             let frac = l.accuracy.zip(opt).map(|(a, o)| a / o.accuracy);
-            let all = parallel.at(cores, t, l.clients);
-            let all_frac = l.accuracy.zip(all).map(|(a, o)| a / o.accuracy);
+            let speed = speed(l, priced);
+            let o = overhead_in_situ(l, cores);
+            let situ = speed.zip(o).and_then(|(x, o)| bare.in_situ(x, o).at(cores, t, l.clients));
+            let situ_frac = l.accuracy.zip(situ).map(|(a, o)| a / o.accuracy);
             let goal = if (l.clients as f64) > goal_top {
                 ""
             } else if l.slo_all.is_some_and(|v| v >= 0.99) && frac.is_some_and(|v| v >= 0.95) {
@@ -565,7 +618,7 @@ fn report_md(
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {}{} | {} | {}{} | {} | {} | {} | {} | {:.0} | {:.1} | {goal} |",
+                "| {} | {} | {} | {} | {}{} | {} | {} | {} | {}{} | {} | {} | {} | {} | {:.0} | {:.1} | {goal} |",
                 l.clients,
                 pct(l.slo_all),
                 pct(l.slo),
@@ -573,9 +626,11 @@ fn report_md(
                 f(opt.map(|o| o.accuracy), 2),
                 if opt.is_some_and(|o| !o.feasible) { "*" } else { "" },
                 pct(frac),
-                f(all.map(|o| o.accuracy), 2),
-                if all.is_some_and(|o| !o.feasible) { "*" } else { "" },
-                pct(all_frac),
+                speed.map_or("–".into(), |x| format!("{x:.2}×")),
+                f(o, 3),
+                f(situ.map(|o| o.accuracy), 2),
+                if situ.is_some_and(|o| !o.feasible) { "*" } else { "" },
+                pct(situ_frac),
                 f(old.map(|o| o.accuracy), 2),
                 f(l.p50_ms, 1),
                 f(l.p99_ms, 1),
@@ -636,6 +691,8 @@ mod tests {
             p99_ms: Some(acc / 10.0),
             queue_depths: vec![],
             served: vec![served],
+            // 0.5 ms of inference per request served.
+            inference_ms: vec![served as f64 * 0.5],
             errors: 0,
             overloaded: 0,
             slo_attainment: Some(slo),
@@ -653,12 +710,24 @@ mod tests {
         assert!((l[0].slo.unwrap() - 0.625).abs() < 1e-9);
         assert_eq!(l[0].p99_ms, Some(7.0));
         assert_eq!(l[1].accuracy, Some(50.0), "a single interval is used as it is");
+        // What the models served and took is summed over the steady intervals only.
+        assert_eq!((l[0].served.clone(), l[0].inference_ms.clone(), l[0].answered), (vec![40], vec![20.0], 40));
+        assert_eq!((l[1].served.clone(), l[1].inference_ms.clone()), (vec![5], vec![2.5]));
         // Refusals count against the goal's SLO: 5 served within T, 5 refused -> 50 %.
         let mut refused = row(8, 50.0, 5, 1.0);
         refused.errors = 5;
         refused.overloaded = 5;
         let l = levels(&[refused]);
         assert_eq!((l[0].slo, l[0].slo_all, l[0].overloaded_rps), (Some(1.0), Some(0.5), 5.0));
+    }
+
+    #[test]
+    fn percentages_are_truncated_so_a_miss_never_prints_as_the_threshold() {
+        assert_eq!(pct(Some(0.94996)), "94.9%");
+        assert_eq!(pct(Some(0.95)), "95.0%");
+        assert_eq!(pct(Some(0.9899)), "98.9%");
+        assert_eq!(pct(Some(1.0)), "100.0%");
+        assert_eq!(pct(None), "–");
     }
 
     #[test]
@@ -669,18 +738,68 @@ mod tests {
     }
 
     #[test]
-    fn the_all_cores_yardstick_prices_every_rung_at_its_parallel_cost() {
-        // The dearer model first, as in a ladder; the cheapest by bare cost is the probe's.
-        let fig1 = report(vec![model("big", 70.0, 2.0, 2.2), model("small", 40.0, 0.4, 0.6)]);
-        // 2 cores at 2,000 req/s: 1 ms of CPU per request, 0.6 of it the cheapest at its parallel price.
-        let p = Yardstick::of(&fig1, 2, 2000.0, |m| m.all_cores_p50_ms);
-        assert_eq!(p.cheapest_ms, 0.6);
-        assert!((p.overhead_ms - 0.4).abs() < 1e-12);
-        assert_eq!(p.points, vec![Point { cost_ms: 2.2, accuracy: 70.0 }, Point { cost_ms: 0.6, accuracy: 40.0 }]);
-        // Priced bare, the same probe leaves 0.6 ms beside the cheapest model's 0.4.
+    fn the_yardstick_subtracts_the_rung_the_probe_ran() {
+        // The ladder's last rung is what static-cheapest (the probe) runs, even where a slow
+        // reading priced it above the rung before it.
+        let fig1 = report(vec![model("big", 70.0, 2.0, 2.2), model("mid", 45.0, 0.3, 0.35), model("last", 40.0, 0.4, 0.6)]);
+        // 2 cores at 2,000 req/s: 1 ms of CPU per request, 0.4 of it the last rung's inference.
         let b = Yardstick::of(&fig1, 2, 2000.0, |m| m.bare_p50_ms);
         assert_eq!(b.cheapest_ms, 0.4);
         assert!((b.overhead_ms - 0.6).abs() < 1e-12);
+        // Priced at another column, the same rung at that price.
+        let p = Yardstick::of(&fig1, 2, 2000.0, |m| m.all_cores_p50_ms);
+        assert_eq!(p.cheapest_ms, 0.6);
+        assert!((p.overhead_ms - 0.4).abs() < 1e-12);
+        // The machine as it ran during a level 1.5× slower, with 0.9 ms beside inference: a
+        // budget that bought the big model no longer does.
+        let slow = b.in_situ(1.5, 0.9);
+        for (p, want) in slow.points.iter().zip([3.0, 0.45, 0.6]) {
+            assert!((p.cost_ms - want).abs() < 1e-12, "{p:?}");
+        }
+        assert!((slow.cheapest_ms - 0.6).abs() < 1e-12 && (slow.overhead_ms - 0.9).abs() < 1e-12);
+        // One client, T = 1.5 ms: 3.0 − 0.6 = 2.4 ms buys the big model (2.0); 3.0 − 0.9 = 2.1 ms
+        // does not (3.0), and mixes it with mid: 45 + (2.1 − 0.45) / (3.0 − 0.45) × 25.
+        assert_eq!(b.at(2, 1.5, 1).unwrap().accuracy, 70.0);
+        let slowed = slow.at(2, 1.5, 1).unwrap().accuracy;
+        assert!((slowed - (45.0 + 1.65 / 2.55 * 25.0)).abs() < 1e-9, "{slowed}");
+    }
+
+    #[test]
+    fn speed_is_the_levels_inference_time_over_its_bench_price() {
+        let priced = report(vec![model("big", 70.0, 2.0, 2.0), model("small", 40.0, 0.5, 0.5)]);
+        let level = |served: Vec<u64>, inference_ms: Vec<f64>| Level {
+            clients: 8,
+            slo: None,
+            slo_all: None,
+            accuracy: None,
+            p50_ms: None,
+            p99_ms: None,
+            rps: 0.0,
+            overloaded_rps: 0.0,
+            served,
+            inference_ms,
+            answered: 0,
+        };
+        // 100 requests on big took 300 ms (1.5×), 300 on small 180 ms (1.2×): 480 / 350.
+        let x = speed(&level(vec![100, 300], vec![300.0, 180.0]), &priced).unwrap();
+        assert!((x - 480.0 / 350.0).abs() < 1e-12, "{x}");
+        // Nothing served, or rungs that are not the bench's: no speed.
+        assert_eq!(speed(&level(vec![0, 0], vec![0.0, 0.0]), &priced), None);
+        assert_eq!(speed(&level(vec![5], vec![1.0]), &priced), None);
+    }
+
+    #[test]
+    fn the_levels_own_overhead_is_what_its_cores_spent_beside_inference() {
+        // 2 cores answering 1,000 req/s spend 2 ms per request; 2,000 requests (1,600 served,
+        // 400 refused) with 960 ms of inference between them, 0.48 ms each: 1.52 ms beside it.
+        let mut l = levels(&[row(8, 50.0, 1, 1.0), row(8, 50.0, 1600, 1.0)]).remove(0);
+        (l.rps, l.answered, l.inference_ms) = (1000.0, 2000, vec![960.0]);
+        assert!((overhead_in_situ(&l, 2).unwrap() - 1.52).abs() < 1e-12);
+        // Inference times that overlap past the cores (threads preempting each other): unknown.
+        l.inference_ms = vec![5000.0];
+        assert_eq!(overhead_in_situ(&l, 2), None);
+        l.rps = 0.0;
+        assert_eq!(overhead_in_situ(&l, 2), None);
     }
 
     /// A bench reading of one model: p99 twice the p50, `together` when all cores run it.
@@ -691,6 +810,7 @@ mod tests {
             input: 128,
             bare_p50_ms: bare,
             bare_p99_ms: bare * 2.0,
+            bare_mean_ms: bare,
             server_p50_ms: bare,
             server_p99_ms: bare * 2.0,
             overhead_pct: 0.0,
