@@ -245,12 +245,9 @@ pub struct Saturation {
     pub rps: f64,
     /// Each probe's throughput: before the ramps, after them.
     pub probes: [f64; 2],
-    /// The cheapest model's bare cost in each run of Figure 1's bench: before, after, ms.
+    /// The cheapest model's bare cost in each run of Figure 1's bench: before, after, ms. The
+    /// price and o the optimum uses are the decode-aware [`Yardstick`]'s.
     pub cheapest_readings: [f64; 2],
-    /// Cheapest model's bare inference time, ms.
-    pub cheapest_ms: f64,
-    /// Per-request CPU beside inference: k / X − c_cheapest, ms.
-    pub overhead_ms: f64,
     /// Where the cheapest model saturates under a closed loop within T: X × T.
     pub saturation_clients: f64,
 }
@@ -331,8 +328,6 @@ pub fn run(runtime: &tokio::runtime::Runtime, base: Config, opts: &ExperimentOpt
         rps: best_rps,
         probes: [rps, rps_after],
         cheapest_readings: [first.cheapest_ms, after.cheapest_ms],
-        cheapest_ms: bare.cheapest_ms,
-        overhead_ms: bare.overhead_ms,
         saturation_clients: saturation_clients(best_rps),
     };
     let mut link_runs = Vec::new();
@@ -571,8 +566,8 @@ fn report_md(
         sat.clients,
         sat.rps,
         cores as f64 * 1000.0 / sat.rps.max(1e-9),
-        sat.cheapest_ms,
-        sat.overhead_ms,
+        bare.cheapest_ms,
+        bare.overhead_ms,
         sat.saturation_clients,
         goal_top
     );
