@@ -159,10 +159,11 @@ impl Service {
         Ok(fleet)
     }
 
-    /// Starts the built-in fleet when the configuration asks for clients or a ramp at start.
+    /// Starts the built-in fleet when the configuration asks for clients or a ramp at start,
+    /// unless it already runs (a caller that drives the fleet itself started it).
     pub async fn start_configured_fleet(&mut self) -> Result<()> {
         let f = &self.config.fleet;
-        if f.clients > 0 || f.ramp_at_start {
+        if self.fleet.is_none() && (f.clients > 0 || f.ramp_at_start) {
             self.start_fleet().await?;
         }
         Ok(())

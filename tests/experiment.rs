@@ -49,6 +49,9 @@ fn quick_experiment_produces_every_file() {
     let (speed, o_ms, situ) = (col("speed"), col("o ms"), col("in-situ optimum"));
     let rows: Vec<&str> = table.lines().skip_while(|l| !l.starts_with("|---")).skip(1).take_while(|l| l.starts_with('|')).collect();
     assert!(!rows.is_empty(), "{table}");
+    // The goal applies from one client up: the ramp measures that level first, then the steps.
+    let clients: Vec<&str> = rows.iter().map(|r| r.split('|').nth(1).unwrap().trim()).collect();
+    assert_eq!(clients[..3], ["1", "4", "8"], "{table}");
     for r in rows {
         let cells: Vec<&str> = r.split('|').map(str::trim).collect();
         let x: f64 = cells[speed].trim_end_matches('×').parse().unwrap_or_else(|_| panic!("speed {:?} in {r}", cells[speed]));

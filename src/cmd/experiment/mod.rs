@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use crate::cmd::bench::{self, BenchReport};
 use crate::cmd::headless::{self, HeadlessOptions};
 use crate::config::Config;
+use crate::control::FleetControl;
 use crate::service::{Report, Service};
 use crate::telemetry::summary::ModelSummary;
 use crate::telemetry::Row as FleetRow;
@@ -42,13 +43,16 @@ pub struct ExperimentOptions {
     pub no_link: bool,
 }
 
-/// The load shape: `step` clients every `every_s` up to `max`, then a hold.
+/// The load shape: `step` clients every `every_s` up to `max`, then a hold; with
+/// `one_client_first`, a level of one client for `every_s` before the first step.
 #[derive(Debug, Clone, Copy)]
 pub struct Ramp {
     pub step: usize,
     pub every_s: f64,
     pub max: usize,
     pub hold_s: f64,
+    /// The goal applies "from 1 client up": the policies' ramps measure that level too.
+    pub one_client_first: bool,
 }
 
 impl Ramp {
@@ -56,15 +60,16 @@ impl Ramp {
     /// one-second intervals after the transition) and steps by 8 clients per 2 cores.
     pub fn for_mode(quick: bool) -> Ramp {
         if quick {
-            Ramp { step: 4, every_s: 3.0, max: 16, hold_s: 3.0 }
+            Ramp { step: 4, every_s: 3.0, max: 16, hold_s: 3.0, one_client_first: true }
         } else {
             let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-            Ramp { step: 4 * cores, every_s: 15.0, max: 64, hold_s: 15.0 }
+            Ramp { step: 4 * cores, every_s: 15.0, max: 64, hold_s: 15.0, one_client_first: true }
         }
     }
 
     pub fn duration(&self) -> Duration {
-        Duration::from_secs_f64(self.every_s * (self.max / self.step).saturating_sub(1) as f64 + self.hold_s)
+        let lead = if self.one_client_first { self.every_s } else { 0.0 };
+        Duration::from_secs_f64(lead + self.every_s * (self.max / self.step).saturating_sub(1) as f64 + self.hold_s)
     }
 }
 
@@ -177,7 +182,7 @@ struct PolicyRun {
     levels: Vec<Level>,
 }
 
-/// One pricing of the ladder for the optimum: every model at `price`, and the per-request
+/// One pricing of the ladder for the optimum: every model at its bare p50, and the per-request
 /// overhead the probe's throughput leaves beside the cheapest model at that price,
 /// o = k / X − c_cheapest.
 struct Yardstick {
@@ -190,9 +195,9 @@ struct Yardstick {
 }
 
 impl Yardstick {
-    fn of(fig1: &BenchReport, cores: usize, rps: f64, price: impl Fn(&bench::ModelBench) -> f64) -> Yardstick {
-        let points = fig1.models.iter().map(|m| Point { cost_ms: price(m), accuracy: m.accuracy as f64 }).collect();
-        let cheapest_ms = fig1.models.last().map_or(0.0, &price);
+    fn of(fig1: &BenchReport, cores: usize, rps: f64) -> Yardstick {
+        let points = fig1.models.iter().map(|m| Point { cost_ms: m.bare_p50_ms, accuracy: m.accuracy as f64 }).collect();
+        let cheapest_ms = fig1.models.last().map_or(0.0, |m| m.bare_p50_ms);
         Yardstick { points, cheapest_ms, overhead_ms: (cores as f64 * 1000.0 / rps.max(1e-9) - cheapest_ms).max(0.0) }
     }
 
@@ -208,7 +213,7 @@ impl Yardstick {
 
     /// The optimum with `clients` closed-loop clients on `cores` cores within `bound_ms`.
     fn at(&self, cores: usize, bound_ms: f64, clients: usize) -> Option<optimum::Optimum> {
-        optimum_within(&self.points, cores as f64 * bound_ms / clients.max(1) as f64 - self.overhead_ms)
+        optimum_within(&self.points, optimum::budget_ms(clients, cores, bound_ms) - self.overhead_ms)
     }
 }
 
@@ -252,10 +257,30 @@ pub struct Saturation {
     pub saturation_clients: f64,
 }
 
-fn run_scenario(runtime: &tokio::runtime::Runtime, cfg: Config, secs: Duration) -> Result<Report> {
+/// One ramp on a node of its own (`cfg` from [`ramp_config`]).
+fn run_scenario(runtime: &tokio::runtime::Runtime, cfg: Config, ramp: Ramp) -> Result<Report> {
     runtime.block_on(async {
-        let service = Service::start(crate::service::binary_only(cfg)).await?;
-        headless::drive(service, HeadlessOptions { duration: Some(secs), summary: None, timeseries: None }).await
+        let mut service = Service::start(crate::service::binary_only(cfg)).await?;
+        // One client first: the fleet starts with one, and after a level's time it is brought to
+        // the first step and the fleet's own ramp takes over, so the levels are 1, step, 2·step…
+        let lead = match ramp.one_client_first {
+            true => {
+                let fleet = service.start_fleet().await?;
+                let every = Duration::from_secs_f64(ramp.every_s);
+                Some(tokio::spawn(async move {
+                    tokio::time::sleep(every).await;
+                    if ramp.step > 1 {
+                        fleet.add_clients(ramp.step - 1);
+                    }
+                    fleet.toggle_ramp();
+                }))
+            }
+            false => None,
+        };
+        let report = headless::drive(service, HeadlessOptions { duration: Some(ramp.duration()), summary: None, timeseries: None }).await;
+        // Stopped early (a signal): the clients must not be added to a fleet that has stopped.
+        lead.inspect(|l| l.abort());
+        report
     })
 }
 
@@ -281,7 +306,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, base: Config, opts: &ExperimentOpt
     eprintln!("experiment: saturation probe (static-cheapest, {probe_clients} clients, {probe_s:.0} s)…");
     let probe = || runtime.block_on(bench::overhead::cheapest_run(&base, probe_clients, None, probe_s)).map(|r| r.rps);
     let rps = probe()?;
-    let first = Yardstick::of(&fig1, cores, rps, |m| m.bare_p50_ms);
+    let first = Yardstick::of(&fig1, cores, rps);
     // Where the cheapest model saturates under a closed loop within T: X × T clients.
     let saturation_clients = |rps: f64| rps * t / 1000.0;
     eprintln!(
@@ -308,7 +333,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, base: Config, opts: &ExperimentOpt
     let mut runs = Vec::new();
     for name in &policies {
         eprintln!("experiment: ramp with policy {name} ({:.0} s)…", ramp.duration().as_secs_f64());
-        let report = run_scenario(runtime, ramp_config(&base, name, ramp), ramp.duration())?;
+        let report = run_scenario(runtime, ramp_config(&base, name, ramp), ramp)?;
         crate::telemetry::summary::write_csv(&out.join(format!("ramp_{name}.csv")), &report.rows, &names)?;
         crate::telemetry::summary::write_json(&out.join(format!("summary_{name}.json")), &report.summary)?;
         runs.push(PolicyRun { name: name.clone(), levels: levels(&report.rows), report });
@@ -321,8 +346,8 @@ pub fn run(runtime: &tokio::runtime::Runtime, base: Config, opts: &ExperimentOpt
     let rps_after = probe()?;
     let priced = faster(&fig1, &fig1_after);
     let best_rps = rps.max(rps_after);
-    let bare = Yardstick::of(&priced, cores, best_rps, |m| m.bare_p50_ms);
-    let after = Yardstick::of(&fig1_after, cores, rps_after, |m| m.bare_p50_ms);
+    let bare = Yardstick::of(&priced, cores, best_rps);
+    let after = Yardstick::of(&fig1_after, cores, rps_after);
     let sat = Saturation {
         clients: probe_clients,
         rps: best_rps,
@@ -337,7 +362,7 @@ pub fn run(runtime: &tokio::runtime::Runtime, base: Config, opts: &ExperimentOpt
             eprintln!("experiment: uplink scenario with policy {name} ({:.0} s)…", lr.duration().as_secs_f64());
             let mut cfg = ramp_config(&base, name, lr);
             cfg.fleet.link.enabled = true;
-            let report = run_scenario(runtime, cfg, lr.duration())?;
+            let report = run_scenario(runtime, cfg, lr)?;
             let fleet_rows = client_levels(&report.fleet_rows);
             link_runs.push((name, fleet_rows, report));
         }
@@ -351,9 +376,9 @@ pub fn run(runtime: &tokio::runtime::Runtime, base: Config, opts: &ExperimentOpt
 /// The uplink scenario's ramp: the cell, not the cores, is the bottleneck, so fewer clients.
 fn link_ramp(quick: bool) -> Ramp {
     if quick {
-        Ramp { step: 4, every_s: 3.0, max: 8, hold_s: 3.0 }
+        Ramp { step: 4, every_s: 3.0, max: 8, hold_s: 3.0, one_client_first: false }
     } else {
-        Ramp { step: 8, every_s: 15.0, max: 48, hold_s: 15.0 }
+        Ramp { step: 8, every_s: 15.0, max: 48, hold_s: 15.0, one_client_first: false }
     }
 }
 
@@ -363,8 +388,9 @@ fn ramp_config(base: &Config, policy: &str, ramp: Ramp) -> Config {
     c.server.listen = "127.0.0.1:0".parse().expect("literal address");
     c.headless.status_interval_ms = 1000;
     // The paper's evaluation: closed-loop clients added steadily, the compute as the bottleneck.
-    c.fleet.clients = ramp.step;
-    c.fleet.ramp_at_start = true;
+    c.fleet.clients = if ramp.one_client_first { 1 } else { ramp.step };
+    // With one client first, the ramp is started by `run_scenario` after that level.
+    c.fleet.ramp_at_start = !ramp.one_client_first;
     c.fleet.ramp_step = ramp.step;
     c.fleet.ramp_every_s = ramp.every_s;
     c.fleet.max_clients = ramp.max;
@@ -480,7 +506,9 @@ pub fn speed(level: &Level, priced: &BenchReport) -> Option<f64> {
 /// the inference it measured. Both are wall-clock times on the executor's threads, so whatever
 /// preempts them (the runtime's thread, the kernel) is inside the inference times and not here;
 /// the two add up to the k cores as long as the executor never idles, which a closed loop with
-/// more clients than cores ensures. `None` when the level answered nothing, and where the
+/// more clients than cores ensures. With fewer clients than cores only that many requests are
+/// ever in flight, so k becomes N there: with one client, o is its round trip minus the
+/// inference, the serving overhead a single device sees. `None` when the level answered nothing, and where the
 /// inference times alone exceed the cores (`paper`: its model threads outnumber the cores and
 /// preempt each other, so wall-clock inference times overlap and o cannot be read from them).
 pub fn overhead_in_situ(level: &Level, cores: usize) -> Option<f64> {
@@ -488,7 +516,7 @@ pub fn overhead_in_situ(level: &Level, cores: usize) -> Option<f64> {
     if level.rps <= 0.0 || level.answered == 0 {
         return None;
     }
-    let o = cores as f64 * 1000.0 / level.rps - took / level.answered as f64;
+    let o = cores.min(level.clients.max(1)) as f64 * 1000.0 / level.rps - took / level.answered as f64;
     (o >= 0.0).then_some(o)
 }
 
@@ -538,8 +566,9 @@ fn report_md(
     let _ = writeln!(s, "# edgeinfer experiment report\n");
     let _ = writeln!(
         s,
-        "Machine: {cores} cores ({workers} executor threads). Backend: {}. T = {t} ms. Ramp: +{} closed-loop clients every {} s up to {} (link emulation off, no think time); the first interval of each level is a transition and is left out. Accuracies are the published top-1 of the real models{}.\n",
+        "Machine: {cores} cores ({workers} executor threads). Backend: {}. T = {t} ms. Ramp: {}+{} closed-loop clients every {} s up to {} (link emulation off, no think time); the first interval of each level is a transition and is left out. Accuracies are the published top-1 of the real models{}.\n",
         fig1.backend,
+        if ramp.one_client_first { format!("one client for {} s, then ", ramp.every_s) } else { String::new() },
         ramp.step,
         ramp.every_s,
         ramp.max,
@@ -588,7 +617,7 @@ fn report_md(
     }
     let _ = writeln!(
         s,
-        "\n## Policies side by side, against the optimum\n\n**Decode-aware optimum**: the best mean accuracy any model mix can reach when N closed-loop clients share {cores} cores within T: mean inference cost ≤ {cores}·T/N − o, read on the upper convex hull of (bare p50 cost, the faster of its two readings; accuracy). The *inference-only* optimum (≤ {cores}·T/N, what earlier reports used) ignores o and promises accuracy no mix can reach at high load; it is shown beside. **speed** is how much slower the models ran during the level than in the bench: Σ inference time of the level's requests / Σ of their models' bare means (1.00: as fast as the bench; a mix of models, both cores computing at once, preemption by the sockets' thread and this machine's slow phases all raise it). **o** is the level's own CPU beside inference per request: k / X − mean inference time per request, both measured in the level (a dash where the inference times overlap past the cores, as `paper`'s sixteen model threads do). Percentages are truncated, not rounded. The *in-situ optimum* is the decode-aware optimum of the machine as it ran during the level: every model at its price × speed, and that o — what the best mix could have reached then. The goal is judged against the decode-aware optimum; the in-situ one shows how much of a shortfall is the machine's and how much the policy's. It is a diagnosis, not the goal: a policy whose own choices slowed the models (by mixing them, say) is measured against an optimum slowed alike, and every unchosen model is assumed to slow by the same factor. `*`: no mix meets T at this load. **SLO (all)** counts every answered request, refusals included, as the goal does; **SLO** is the summary's `slo_attainment` (served requests only). **goal**: ✓ where both targets are met, ✗ where not, blank past 90 % of saturation.\n"
+        "\n## Policies side by side, against the optimum\n\n**Decode-aware optimum**: the best mean accuracy any model mix can reach when N closed-loop clients share {cores} cores within T: mean inference cost ≤ {cores}·T/N − o (min({cores}, N)·T/N − o below {cores} clients: one request runs on one core), read on the upper convex hull of (bare p50 cost, the faster of its two readings; accuracy). The *inference-only* optimum (≤ {cores}·T/N, what earlier reports used) ignores o and promises accuracy no mix can reach at high load; it is shown beside. **speed** is how much slower the models ran during the level than in the bench: Σ inference time of the level's requests / Σ of their models' bare means (1.00: as fast as the bench; a mix of models, both cores computing at once, preemption by the sockets' thread and this machine's slow phases all raise it). **o** is the level's own CPU beside inference per request: min(k, N) / X − mean inference time per request, both measured in the level (at one client: the round trip minus the inference; a dash where the inference times overlap past the cores, as `paper`'s sixteen model threads do). Percentages are truncated, not rounded. The *in-situ optimum* is the decode-aware optimum of the machine as it ran during the level: every model at its price × speed, and that o — what the best mix could have reached then. The goal is judged against the decode-aware optimum; the in-situ one shows how much of a shortfall is the machine's and how much the policy's. It is a diagnosis, not the goal: a policy whose own choices slowed the models (by mixing them, say) is measured against an optimum slowed alike, and every unchosen model is assumed to slow by the same factor. `*`: no mix meets T at this load. **SLO (all)** counts every answered request, refusals included, as the goal does; **SLO** is the summary's `slo_attainment` (served requests only). **goal**: ✓ where both targets are met, ✗ where not, blank past 90 % of saturation.\n"
     );
     for r in runs {
         let _ = writeln!(
@@ -738,13 +767,9 @@ mod tests {
         // reading priced it above the rung before it.
         let fig1 = report(vec![model("big", 70.0, 2.0, 2.2), model("mid", 45.0, 0.3, 0.35), model("last", 40.0, 0.4, 0.6)]);
         // 2 cores at 2,000 req/s: 1 ms of CPU per request, 0.4 of it the last rung's inference.
-        let b = Yardstick::of(&fig1, 2, 2000.0, |m| m.bare_p50_ms);
+        let b = Yardstick::of(&fig1, 2, 2000.0);
         assert_eq!(b.cheapest_ms, 0.4);
         assert!((b.overhead_ms - 0.6).abs() < 1e-12);
-        // Priced at another column, the same rung at that price.
-        let p = Yardstick::of(&fig1, 2, 2000.0, |m| m.all_cores_p50_ms);
-        assert_eq!(p.cheapest_ms, 0.6);
-        assert!((p.overhead_ms - 0.4).abs() < 1e-12);
         // The machine as it ran during a level 1.5× slower, with 0.9 ms beside inference: a
         // budget that bought the big model no longer does.
         let slow = b.in_situ(1.5, 0.9);
@@ -752,10 +777,10 @@ mod tests {
             assert!((p.cost_ms - want).abs() < 1e-12, "{p:?}");
         }
         assert!((slow.cheapest_ms - 0.6).abs() < 1e-12 && (slow.overhead_ms - 0.9).abs() < 1e-12);
-        // One client, T = 1.5 ms: 3.0 − 0.6 = 2.4 ms buys the big model (2.0); 3.0 − 0.9 = 2.1 ms
+        // Two clients, T = 3 ms: 3.0 − 0.6 = 2.4 ms buys the big model (2.0); 3.0 − 0.9 = 2.1 ms
         // does not (3.0), and mixes it with mid: 45 + (2.1 − 0.45) / (3.0 − 0.45) × 25.
-        assert_eq!(b.at(2, 1.5, 1).unwrap().accuracy, 70.0);
-        let slowed = slow.at(2, 1.5, 1).unwrap().accuracy;
+        assert_eq!(b.at(2, 3.0, 2).unwrap().accuracy, 70.0);
+        let slowed = slow.at(2, 3.0, 2).unwrap().accuracy;
         assert!((slowed - (45.0 + 1.65 / 2.55 * 25.0)).abs() < 1e-9, "{slowed}");
     }
 
@@ -793,6 +818,10 @@ mod tests {
         // Inference times that overlap past the cores (threads preempting each other): unknown.
         l.inference_ms = vec![5000.0];
         assert_eq!(overhead_in_situ(&l, 2), None);
+        // One client on 2 cores: one request in flight, so 1 / X is its round trip. At 500 req/s
+        // that is 2 ms, of which 1.5 ms of inference: 0.5 ms of serving beside it.
+        (l.clients, l.rps, l.answered, l.inference_ms) = (1, 500.0, 1000, vec![1500.0]);
+        assert!((overhead_in_situ(&l, 2).unwrap() - 0.5).abs() < 1e-12);
         l.rps = 0.0;
         assert_eq!(overhead_in_situ(&l, 2), None);
     }
@@ -850,6 +879,10 @@ mod tests {
     #[test]
     fn ramp_durations() {
         assert!(Ramp::for_mode(true).duration() < Duration::from_secs(20));
+        // The one-client level adds one level's time before the steps: 3 + 3 × 3 + 3 s.
+        let quick = Ramp::for_mode(true);
+        assert_eq!(quick.duration(), Duration::from_secs(15));
+        assert_eq!(Ramp { one_client_first: false, ..quick }.duration(), Duration::from_secs(12));
         assert!(Ramp::for_mode(false).duration() <= Duration::from_secs(150));
     }
 }

@@ -3,7 +3,9 @@
 //!
 //! With N closed-loop clients (no think time), K inference workers and bound T, each request's
 //! response time R ≤ T, so throughput is N/R ≥ N/T, and the workers keep up only if the mean
-//! service time s satisfies s·N/R ≤ K, i.e. s ≤ K·T/N. The most accurate way to spend a mean
+//! service time s satisfies s·N/R ≤ K, i.e. s ≤ K·T/N. With fewer clients than workers only N
+//! of them can be busy (one request runs on one worker), and the bound is each request's own:
+//! s ≤ T, which is the same formula with K replaced by min(K, N). The most accurate way to spend a mean
 //! cost budget is a mix of at most two models adjacent on the upper convex hull of
 //! (cost, accuracy): the optimum is that hull, read at the budget.
 
@@ -36,7 +38,14 @@ pub struct Optimum {
 /// The optimum mean accuracy with `clients` closed-loop clients, `workers` workers and bound T,
 /// counting inference only.
 pub fn optimum(models: &[Point], clients: usize, workers: usize, bound_ms: f64) -> Option<Optimum> {
-    optimum_within(models, workers as f64 * bound_ms / clients.max(1) as f64)
+    optimum_within(models, budget_ms(clients, workers, bound_ms))
+}
+
+/// The mean inference time each of `clients` closed-loop clients' requests may take on
+/// `workers` workers within `bound_ms`: min(K, N)·T/N (see the module's comment), ms.
+pub fn budget_ms(clients: usize, workers: usize, bound_ms: f64) -> f64 {
+    let n = clients.max(1);
+    workers.min(n) as f64 * bound_ms / n as f64
 }
 
 /// The optimum mean accuracy for a mean inference budget per request. The decode-aware optimum
@@ -96,6 +105,18 @@ mod tests {
         let o = optimum(&pts, 100, 2, 30.0).unwrap();
         assert_eq!((o.accuracy, o.feasible), (40.0, false));
         assert!((o.budget_ms - 0.6).abs() < 1e-12);
+    }
+
+    #[test]
+    fn fewer_clients_than_workers_leave_workers_idle() {
+        // One request runs on one worker: one client on 2 workers has T, not 2·T, per request.
+        assert_eq!(budget_ms(1, 2, 30.0), 30.0);
+        assert_eq!(budget_ms(2, 2, 30.0), 30.0);
+        assert_eq!(budget_ms(4, 2, 30.0), 15.0);
+        let pts = [p(1.0, 40.0), p(2.0, 60.0), p(40.0, 70.0)];
+        // The 40-ms model fits 2·T = 60 ms but not T = 30 ms: one client cannot have it.
+        let o = optimum(&pts, 1, 2, 30.0).unwrap();
+        assert!(o.budget_ms == 30.0 && o.accuracy < 70.0, "{o:?}");
     }
 
     #[test]
