@@ -263,19 +263,18 @@ fn run_scenario(runtime: &tokio::runtime::Runtime, cfg: Config, ramp: Ramp) -> R
         let mut service = Service::start(crate::service::binary_only(cfg)).await?;
         // One client first: the fleet starts with one, and after a level's time it is brought to
         // the first step and the fleet's own ramp takes over, so the levels are 1, step, 2·step…
-        let lead = match ramp.one_client_first {
-            true => {
-                let fleet = service.start_fleet().await?;
-                let every = Duration::from_secs_f64(ramp.every_s);
-                Some(tokio::spawn(async move {
-                    tokio::time::sleep(every).await;
-                    if ramp.step > 1 {
-                        fleet.add_clients(ramp.step - 1);
-                    }
-                    fleet.toggle_ramp();
-                }))
-            }
-            false => None,
+        let lead = if ramp.one_client_first {
+            let fleet = service.start_fleet().await?;
+            let every = Duration::from_secs_f64(ramp.every_s);
+            Some(tokio::spawn(async move {
+                tokio::time::sleep(every).await;
+                if ramp.step > 1 {
+                    fleet.add_clients(ramp.step - 1);
+                }
+                fleet.toggle_ramp();
+            }))
+        } else {
+            None
         };
         let report = headless::drive(service, HeadlessOptions { duration: Some(ramp.duration()), summary: None, timeseries: None }).await;
         // Stopped early (a signal): the clients must not be added to a fleet that has stopped.
@@ -508,9 +507,10 @@ pub fn speed(level: &Level, priced: &BenchReport) -> Option<f64> {
 /// the two add up to the k cores as long as the executor never idles, which a closed loop with
 /// more clients than cores ensures. With fewer clients than cores only that many requests are
 /// ever in flight, so k becomes N there: with one client, o is its round trip minus the
-/// inference, the serving overhead a single device sees. `None` when the level answered nothing, and where the
-/// inference times alone exceed the cores (`paper`: its model threads outnumber the cores and
-/// preempt each other, so wall-clock inference times overlap and o cannot be read from them).
+/// inference, the serving overhead a single device sees. `None` when the level answered
+/// nothing, and where the inference times alone exceed the cores (`paper`: its model threads
+/// outnumber the cores and preempt each other, so wall-clock inference times overlap and o
+/// cannot be read from them).
 pub fn overhead_in_situ(level: &Level, cores: usize) -> Option<f64> {
     let took: f64 = level.inference_ms.iter().sum();
     if level.rps <= 0.0 || level.answered == 0 {
