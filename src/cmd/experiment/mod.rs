@@ -467,6 +467,17 @@ fn f(v: Option<f64>, digits: usize) -> String {
     v.map(|x| format!("{x:.digits$}")).unwrap_or_else(|| "–".into())
 }
 
+/// A factor, as in "1.15×".
+fn times(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.2}×")).unwrap_or_else(|| "–".into())
+}
+
+/// An optimum's cell (`*` where no mix meets T at that load) and `accuracy`'s share of it.
+fn against(accuracy: Option<f64>, opt: Option<optimum::Optimum>) -> (String, Option<f64>) {
+    let cell = format!("{}{}", f(opt.map(|o| o.accuracy), 2), if opt.is_some_and(|o| !o.feasible) { "*" } else { "" });
+    (cell, accuracy.zip(opt).map(|(a, o)| a / o.accuracy))
+}
+
 /// A fraction as a percentage with one decimal, truncated rather than rounded: the goal's
 /// thresholds are 95 % and 99 %, and 94.96 % printed as "95.0%" beside a ✗ reads as a mistake.
 fn pct(v: Option<f64>) -> String {
@@ -543,8 +554,7 @@ fn under_load_md(s: &mut String, priced: &BenchReport, runs: &[PolicyRun]) {
             .collect();
         let _ = writeln!(s, "| {} | {:.3} | {} |", b.name, b.bare_p50_ms, cells.join(" | "));
     }
-    let factors: Vec<String> =
-        runs.iter().map(|r| load_factor(priced, &r.report.summary.models).map_or("–".into(), |x| format!("{x:.2}×"))).collect();
+    let factors: Vec<String> = runs.iter().map(|r| times(load_factor(priced, &r.report.summary.models))).collect();
     let _ = writeln!(s, "| **load factor** | 1.00× | {} |", factors.join(" | "));
 }
 
@@ -626,13 +636,11 @@ fn report_md(
             r.name
         );
         for l in &r.levels {
-            let opt = bare.at(cores, t, l.clients);
+            let (opt, frac) = against(l.accuracy, bare.at(cores, t, l.clients));
             let old = optimum(&bare.points, l.clients, cores, t);
-            let frac = l.accuracy.zip(opt).map(|(a, o)| a / o.accuracy);
-            let speed = speed(l, priced);
+            let slowed = speed(l, priced);
             let o = overhead_in_situ(l, cores);
-            let situ = speed.zip(o).and_then(|(x, o)| bare.in_situ(x, o).at(cores, t, l.clients));
-            let situ_frac = l.accuracy.zip(situ).map(|(a, o)| a / o.accuracy);
+            let (situ, situ_frac) = against(l.accuracy, slowed.zip(o).and_then(|(x, o)| bare.in_situ(x, o).at(cores, t, l.clients)));
             let goal = if (l.clients as f64) > goal_top {
                 ""
             } else if l.slo_all.is_some_and(|v| v >= 0.99) && frac.is_some_and(|v| v >= 0.95) {
@@ -642,18 +650,14 @@ fn report_md(
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {}{} | {} | {} | {} | {}{} | {} | {} | {} | {} | {:.0} | {:.1} | {goal} |",
+                "| {} | {} | {} | {} | {opt} | {} | {} | {} | {situ} | {} | {} | {} | {} | {:.0} | {:.1} | {goal} |",
                 l.clients,
                 pct(l.slo_all),
                 pct(l.slo),
                 f(l.accuracy, 2),
-                f(opt.map(|o| o.accuracy), 2),
-                if opt.is_some_and(|o| !o.feasible) { "*" } else { "" },
                 pct(frac),
-                speed.map_or("–".into(), |x| format!("{x:.2}×")),
+                times(slowed),
                 f(o, 3),
-                f(situ.map(|o| o.accuracy), 2),
-                if situ.is_some_and(|o| !o.feasible) { "*" } else { "" },
                 pct(situ_frac),
                 f(old.map(|o| o.accuracy), 2),
                 f(l.p50_ms, 1),

@@ -5,9 +5,9 @@
 //! response time R ≤ T, so throughput is N/R ≥ N/T, and the workers keep up only if the mean
 //! service time s satisfies s·N/R ≤ K, i.e. s ≤ K·T/N. With fewer clients than workers only N
 //! of them can be busy (one request runs on one worker), and the bound is each request's own:
-//! s ≤ T, which is the same formula with K replaced by min(K, N). The most accurate way to spend a mean
-//! cost budget is a mix of at most two models adjacent on the upper convex hull of
-//! (cost, accuracy): the optimum is that hull, read at the budget.
+//! s ≤ T, which is the same formula with K replaced by min(K, N). The most accurate way to
+//! spend a mean cost budget is a mix of at most two models adjacent on the upper convex hull
+//! of (cost, accuracy): the optimum is that hull, read at the budget.
 
 /// One model as measured: mean inference cost and declared accuracy.
 #[derive(Debug, Clone, Copy, PartialEq)]
