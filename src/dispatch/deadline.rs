@@ -8,10 +8,11 @@
 //! 1. **The backlog's share.** Every request still to start — this one and the `behind` queued
 //!    after it — must finish before the newest one's deadline. The workers have
 //!    `workers × target × slack_newest` of time for them, minus the work already running on the
-//!    other workers; each request's share, less the per-request work beside inference
-//!    (decode, resize), is the inference budget `B`. This is the decode-aware optimum's
-//!    `k·T/N − o` read off the live queue instead of a client count: under a closed loop with
-//!    N clients the queue holds N − k requests, and `B` tends to `k·target·T/N − o`.
+//!    other workers; each request's share (at most one worker's: a request runs on one core),
+//!    less the per-request work beside inference (decode, resize), is the inference budget `B`.
+//!    This is the decode-aware optimum's `k·T/N − o` read off the live queue instead of a client
+//!    count: under a closed loop with N clients the queue holds N − k requests, and `B` tends to
+//!    `k·target·T/N − o`.
 //! 2. **The optimum's mix.** On the upper convex hull of (cost, accuracy) the best mean accuracy
 //!    for a mean cost `B` mixes the two hull neighbours around `B` (Proteus' model-mix, re-solved
 //!    per request). A request takes the dearer neighbour with probability
@@ -130,8 +131,11 @@ pub fn hull_of(n: usize, cost: impl Fn(usize) -> f64, accuracy: impl Fn(usize) -
 
 /// The inference budget for one request from the backlog's share (step 1 above), µs.
 pub fn share_budget(v: &View) -> f64 {
-    let time = v.workers.max(1) as f64 * v.target * v.newest_slack_us - v.busy_us;
-    time / (v.behind + 1) as f64 - v.overhead_us
+    let one_worker = v.target * v.newest_slack_us;
+    let time = v.workers.max(1) as f64 * one_worker - v.busy_us;
+    // A request runs on one worker: fewer requests than workers leave the rest idle, and a share
+    // is at most one worker's time (the optimum's min(k, N)·T/N).
+    (time / (v.behind + 1) as f64).min(one_worker) - v.overhead_us
 }
 
 /// The budget the mix aims at after one more request's share, `peers` being the requests in the
@@ -326,6 +330,12 @@ mod tests {
         let v = View { behind: 19, busy_us: 10_000.0, ..view(&r) };
         // (2 × 0.9 × 50 ms − 10 ms) / 20 − 0.5 ms = 3.5 ms.
         assert!((share_budget(&v) - 3_500.0).abs() < 1e-6);
+        // A lone request gets one worker's time, not the two workers': 0.9 × 50 ms − 0.5 ms.
+        assert!((share_budget(&view(&r)) - 44_500.0).abs() < 1e-6);
+        // Two requests on two workers: one worker's time each.
+        assert!((share_budget(&View { behind: 1, ..view(&r) }) - 44_500.0).abs() < 1e-6);
+        // Three: the two workers' time shared three ways, (2 × 45 ms) / 3 − 0.5 ms.
+        assert!((share_budget(&View { behind: 2, ..view(&r) }) - 29_500.0).abs() < 1e-6);
     }
 
     #[test]

@@ -182,14 +182,21 @@ impl Fleet {
     }
 
     /// Stops the ramp and every client, and waits until each has finished its request in flight.
+    /// The fleet stays closed: control calls that come later (a key pressed while the console
+    /// stops, a task that was about to grow the fleet) add no client and start no ramp.
     pub async fn shutdown(&self) {
-        if let Some(t) = self.inner.ramp.lock().stop.take() {
-            t.cancel();
+        {
+            // Closed under the ramp's lock, so a ramp cannot start after this (see `start_ramp`).
+            let mut ramp = self.inner.ramp.lock();
+            self.inner.tasks.close();
+            if let Some(t) = ramp.stop.take() {
+                t.cancel();
+            }
         }
+        // `add` checks for closed under this lock: a client added just before is drained here.
         for m in self.inner.members.lock().drain(..) {
             m.stop.cancel();
         }
-        self.inner.tasks.close();
         self.inner.tasks.wait().await;
     }
 }
@@ -210,8 +217,12 @@ impl Inner {
         per
     }
 
-    fn add(&self, n: usize) {
+    /// Adds `n` clients, or none once the fleet has shut down; returns how many were added.
+    fn add(&self, n: usize) -> usize {
         let mut members = self.members.lock();
+        if self.tasks.is_closed() {
+            return 0;
+        }
         for _ in 0..n {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let (state, stop) = (Arc::new(ClientState::new()), CancellationToken::new());
@@ -219,6 +230,7 @@ impl Inner {
             self.tasks.spawn_on(task, &self.runtime);
             members.push(Member { id, state, stop });
         }
+        n
     }
 
     /// Removes the newest `n` clients; each finishes its request in flight first.
@@ -232,8 +244,12 @@ impl Inner {
         gone.len()
     }
 
-    fn start_ramp(self: &Arc<Self>) {
+    /// Starts the ramp task, unless the fleet has shut down; returns whether it started.
+    fn start_ramp(self: &Arc<Self>) -> bool {
         let mut ramp = self.ramp.lock();
+        if self.tasks.is_closed() {
+            return false;
+        }
         let token = CancellationToken::new();
         ramp.stop = Some(token.clone());
         let (step, every, max) = (ramp.step, ramp.every, ramp.max);
@@ -255,13 +271,16 @@ impl Inner {
             token.cancel();
             inner.event(format!("ramp reached {max} clients"));
         });
+        true
     }
 }
 
 impl FleetControl for Fleet {
     fn add_clients(&self, n: usize) {
-        self.inner.add(n);
-        self.inner.event(format!("+{n} clients → {}", self.count()));
+        match self.inner.add(n) {
+            0 if n > 0 => self.inner.event(format!("+{n} clients refused: the fleet has stopped")),
+            _ => self.inner.event(format!("+{n} clients → {}", self.count())),
+        }
     }
 
     fn remove_clients(&self, n: usize) {
@@ -284,10 +303,7 @@ impl FleetControl for Fleet {
                 self.inner.event("ramp stopped".into());
                 false
             }
-            None => {
-                self.inner.start_ramp();
-                true
-            }
+            None => self.inner.start_ramp(),
         }
     }
 
@@ -320,5 +336,33 @@ impl FleetControl for Fleet {
     fn thresholds_ms(&self) -> (f64, f64) {
         let p = &self.inner.shared.params;
         (p.tc_lower_ms, p.tc_upper_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stopped_fleet_takes_no_more_clients() {
+        // Nothing listens there: the clients only retry their connection, which is all this needs.
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let cfg = FleetConfig { clients: 1, resolutions: vec![64], ramp_step: 1, ramp_every_s: 0.02, max_clients: 50, ..FleetConfig::default() };
+        let fleet = Fleet::start(&cfg, addr, None).await.unwrap();
+        fleet.add_clients(2);
+        assert_eq!(fleet.count(), 3);
+        assert!(fleet.toggle_ramp(), "the ramp starts while the fleet runs");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while fleet.count() < 5 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(fleet.count() >= 5, "the ramp grows the fleet: {}", fleet.count());
+        fleet.shutdown().await;
+        assert_eq!(fleet.count(), 0);
+        // Control calls after the stop (the experiment's one-client lead, a console key) change nothing.
+        fleet.add_clients(3);
+        assert!(!fleet.toggle_ramp(), "no ramp starts on a stopped fleet");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(fleet.count(), 0);
     }
 }

@@ -277,7 +277,8 @@ fn run_scenario(runtime: &tokio::runtime::Runtime, cfg: Config, ramp: Ramp) -> R
             None
         };
         let report = headless::drive(service, HeadlessOptions { duration: Some(ramp.duration()), summary: None, timeseries: None }).await;
-        // Stopped early (a signal): the clients must not be added to a fleet that has stopped.
+        // Stopped early (a signal): the lead has nothing left to do (and a stopped fleet would
+        // refuse its clients anyway, `Fleet::shutdown`).
         lead.inspect(|l| l.abort());
         report
     })
