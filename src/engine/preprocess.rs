@@ -233,19 +233,37 @@ pub fn dct_scale(width: u32, height: u32, min_side: u32) -> u32 {
 
 /// `(pixel − mean) / std` per channel, in the model's channel order and layout.
 ///
-/// A 256-entry table per channel: one load per value instead of a subtract and a multiply.
-/// The tensor is written by `extend` rather than zero-filled and then overwritten: for NCHW that
-/// is three passes over the (cache-resident) pixels, one per plane, each a plain sequential
-/// store — 37 % faster than one pass writing three planes into a zeroed buffer (24 vs 38 µs at
-/// 128 × 128 on this project's 2-core machine), with identical output.
+/// NCHW (both ladders' layout) on a CPU with AVX2 takes [`planes_avx2`]: one pass that reads
+/// each pixel once and writes the three planes, `v × (1/std) − mean/std` per value, which the
+/// compiler vectorises (the stride-3 reads become byte shuffles). 3.4–3.8× faster than the
+/// table below (128 px: 7.5 against 27 µs; 224 px: 24 against 79–90 µs, a standalone loop on
+/// this project's 2-core machine in a slow phase), and equal to it within 1 ulp (two roundings
+/// instead of one; `the_fast_planes_match_the_table`).
+///
+/// Otherwise a 256-entry table per channel: one load per value instead of a subtract and a
+/// multiply. The tensor is written by `extend` rather than zero-filled and then overwritten: for
+/// NCHW that is three passes over the (cache-resident) pixels, one per plane, each a plain
+/// sequential store — 37 % faster than one pass writing three planes into a zeroed buffer (24 vs
+/// 38 µs at 128 × 128), with identical output. Without AVX2 the compiler does not vectorise the
+/// one-pass form, and it was slower than the table (35 against 29 µs).
 pub fn normalise_into(pixels: &[u8], input: &InputSpec, out: &mut Vec<f32>) {
-    out.clear();
-    out.reserve(pixels.len());
     // Source channel for each model channel.
     let order = match input.channels {
         ChannelOrder::Rgb => [0, 1, 2],
         ChannelOrder::Bgr => [2, 1, 0],
     };
+    #[cfg(target_arch = "x86_64")]
+    if input.layout == Layout::Nchw && std::is_x86_feature_detected!("avx2") {
+        normalise_planes(pixels, input, order, out);
+        return;
+    }
+    normalise_table(pixels, input, order, out);
+}
+
+/// The table path of [`normalise_into`].
+fn normalise_table(pixels: &[u8], input: &InputSpec, order: [usize; 3], out: &mut Vec<f32>) {
+    out.clear();
+    out.reserve(pixels.len());
     let lut: [[f32; 256]; 3] = std::array::from_fn(|c| std::array::from_fn(|v| (v as f32 - input.mean[c]) / input.std[c]));
     match input.layout {
         Layout::Nchw => {
@@ -260,6 +278,52 @@ pub fn normalise_into(pixels: &[u8], input: &InputSpec, out: &mut Vec<f32>) {
                     .flat_map(|px| [lut[0][px[order[0]] as usize], lut[1][px[order[1]] as usize], lut[2][px[order[2]] as usize]]),
             );
         }
+    }
+}
+
+/// The NCHW tensor in one pass (see [`normalise_into`]); only called where AVX2 is present.
+#[cfg(target_arch = "x86_64")]
+fn normalise_planes(pixels: &[u8], input: &InputSpec, order: [usize; 3], out: &mut Vec<f32>) {
+    let n = pixels.len() / 3;
+    // Resizing without clearing first: the buffer is reused request after request, so it is
+    // only zeroed where it grows, never rewritten twice.
+    out.resize(3 * n, 0.0);
+    let (first, rest) = out.split_at_mut(n);
+    let (second, third) = rest.split_at_mut(n);
+    let mut by_model = [Some(first), Some(second), Some(third)];
+    // Indexed by source channel: the plane it goes to, and that model channel's scale and bias.
+    let mut planes: [Option<&mut [f32]>; 3] = [None, None, None];
+    let (mut scale, mut bias) = ([0.0; 3], [0.0; 3]);
+    for (model_channel, &src) in order.iter().enumerate() {
+        planes[src] = by_model[model_channel].take();
+        scale[src] = 1.0 / input.std[model_channel];
+        bias[src] = -input.mean[model_channel] / input.std[model_channel];
+    }
+    let [Some(a), Some(b), Some(c)] = planes else { unreachable!("order is a permutation of the three channels") };
+    // SAFETY: the caller checked that this CPU has AVX2.
+    unsafe { planes_avx2(&pixels[..3 * n], scale, bias, [a, b, c]) }
+}
+
+/// Writes source channel k of every pixel to `planes[k]`, as `v × scale[k] + bias[k]`. Plain
+/// Rust, compiled for AVX2: 16 pixels a step is what the vectoriser turns into shuffles and
+/// 8-wide arithmetic; the last (< 16) pixels go one by one.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn planes_avx2(pixels: &[u8], scale: [f32; 3], bias: [f32; 3], [a, b, c]: [&mut [f32]; 3]) {
+    const STEP: usize = 16;
+    let whole = pixels.len() / (3 * STEP) * STEP;
+    let chunks = pixels.chunks_exact(3 * STEP).zip(a.chunks_exact_mut(STEP)).zip(b.chunks_exact_mut(STEP)).zip(c.chunks_exact_mut(STEP));
+    for (((px, a), b), c) in chunks {
+        for i in 0..STEP {
+            a[i] = px[3 * i] as f32 * scale[0] + bias[0];
+            b[i] = px[3 * i + 1] as f32 * scale[1] + bias[1];
+            c[i] = px[3 * i + 2] as f32 * scale[2] + bias[2];
+        }
+    }
+    for i in whole..pixels.len() / 3 {
+        a[i] = pixels[3 * i] as f32 * scale[0] + bias[0];
+        b[i] = pixels[3 * i + 1] as f32 * scale[1] + bias[1];
+        c[i] = pixels[3 * i + 2] as f32 * scale[2] + bias[2];
     }
 }
 
@@ -409,6 +473,35 @@ mod tests {
         assert!((t[0] - 1.0).abs() < 1e-6 && (t[64] + 1.0).abs() < 1e-6 && t[128].abs() < 0.01);
     }
 
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn the_fast_planes_match_the_table() {
+        if !std::is_x86_feature_detected!("avx2") {
+            eprintln!("no AVX2 on this CPU: the one-pass path is never taken here");
+            return;
+        }
+        // ImageNet's statistics, both channel orders, and sizes with and without a tail under
+        // 16 pixels. One buffer throughout, as a worker reuses it: it shrinks and grows.
+        let imagenet = |channels| InputSpec { mean: [123.675, 116.28, 103.53], std: [58.395, 57.12, 57.375], ..spec(Layout::Nchw, channels, 0) };
+        let mut fast = vec![f32::NAN; 10];
+        for (w, h) in [(224, 224), (7, 5), (33, 17), (16, 1), (128, 128)] {
+            let px = textured(w, h).into_raw();
+            for channels in [ChannelOrder::Rgb, ChannelOrder::Bgr] {
+                let s = imagenet(channels);
+                let order = if channels == ChannelOrder::Rgb { [0, 1, 2] } else { [2, 1, 0] };
+                let mut table = Vec::new();
+                normalise_table(&px, &s, order, &mut table);
+                normalise_planes(&px, &s, order, &mut fast);
+                assert_eq!(fast.len(), table.len(), "{w}x{h}");
+                let worst = fast.iter().zip(&table).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+                assert!(worst <= 1e-6, "{w}x{h} {channels:?}: off by {worst}");
+                // And the public entry point takes this path.
+                let mut public = Vec::new();
+                normalise_into(&px, &s, &mut public);
+                assert_eq!(public, fast);
+            }
+        }
+    }
     pub(crate) fn mean_abs_diff(a: &[u8], b: &[u8]) -> f64 {
         a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).abs()).sum::<f64>() / a.len().max(1) as f64
     }
