@@ -235,10 +235,11 @@ pub fn dct_scale(width: u32, height: u32, min_side: u32) -> u32 {
 ///
 /// NCHW (both ladders' layout) on a CPU with AVX2 takes [`planes_avx2`]: one pass that reads
 /// each pixel once and writes the three planes, `v × (1/std) − mean/std` per value, which the
-/// compiler vectorises (the stride-3 reads become byte shuffles). 3.4–3.8× faster than the
+/// compiler vectorises (the stride-3 reads become byte shuffles). 3.3–3.8× faster than the
 /// table below (128 px: 7.5 against 27 µs; 224 px: 24 against 79–90 µs, a standalone loop on
-/// this project's 2-core machine in a slow phase), and equal to it within 1 ulp (two roundings
-/// instead of one; `the_fast_planes_match_the_table`).
+/// this project's 2-core machine in a slow phase), and equal to it within 1e-6 (two roundings
+/// instead of one: 2.4e-7 at most in that loop, one ulp at these magnitudes;
+/// `the_fast_planes_match_the_table`).
 ///
 /// Otherwise a 256-entry table per channel: one load per value instead of a subtract and a
 /// multiply. The tensor is written by `extend` rather than zero-filled and then overwritten: for
