@@ -53,11 +53,7 @@ pub async fn run(config: Config, connect: &str, opts: HeadlessOptions) -> Result
         clients,
     };
     println!(
-        "edgeinfer: done: {} sent, {} answered, {} errors, {} unanswered, mean accuracy {}, client p50 {} ms p99 {} ms",
-        counts.sent,
-        counts.answered,
-        counts.errors,
-        sum.unanswered,
+        "edgeinfer: done: {counts}, mean accuracy {}, client p50 {} ms p99 {} ms",
         fmt_opt(sum.mean_accuracy, 2),
         fmt_opt(sum.client_latency_ms.p50, 1),
         fmt_opt(sum.client_latency_ms.p99, 1)

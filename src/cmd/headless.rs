@@ -39,15 +39,7 @@ pub async fn drive(mut service: Service, opts: HeadlessOptions) -> Result<Report
     }
     say(&done_line(&report.summary));
     if let (Some(c), Some(lat)) = (&report.summary.client_requests, &report.summary.client_latency_ms) {
-        say(&format!(
-            "edgeinfer: fleet: {} sent, {} answered, {} errors, {} unanswered, client p50 {} ms p99 {} ms",
-            c.sent,
-            c.answered,
-            c.errors,
-            c.unanswered(),
-            fmt_opt(lat.p50, 1),
-            fmt_opt(lat.p99, 1)
-        ));
+        say(&format!("edgeinfer: fleet: {c}, client p50 {} ms p99 {} ms", fmt_opt(lat.p50, 1), fmt_opt(lat.p99, 1)));
     }
     report.write_files(opts.summary.as_deref(), opts.timeseries.as_deref())?;
     Ok(report)

@@ -282,6 +282,8 @@ pub enum BenchCommand {
         json: Option<PathBuf>,
     },
     /// Memory per client and errors with many concurrent fleet clients (server in-process).
+    /// Exit status 2 on a fault: a request unanswered, an error other than `overloaded`, or a
+    /// panic (a refusal `overloaded` is the policy shedding a burst, counted and shown apart).
     Fleet {
         #[arg(long, default_value_t = 1000)]
         clients: usize,
@@ -430,8 +432,7 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
             if let Some(p) = json {
                 crate::telemetry::summary::write_json(p, &report)?;
             }
-            let clean = report.requests.errors == 0 && report.unanswered == 0 && report.panics == 0;
-            Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(2) })
+            Ok(if report.faults() == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) })
         }
         Some(Command::Client { connect, summary, timeseries, .. }) => {
             let cfg = cli.config()?;

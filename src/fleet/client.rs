@@ -11,15 +11,13 @@ use std::time::Instant;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::backoff::Backoff;
 use super::controller::Controller;
 use super::Shared;
 use crate::client::Client;
 use crate::control::ClientView;
 use crate::protocol::{Response, Status};
 use crate::telemetry::window::Outcome;
-
-/// How long a client waits after an `overloaded` answer before its next request.
-const OVERLOAD_BACKOFF: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// What the console sees of one client: atomics, written by the client, read by snapshots.
 #[derive(Debug, Default)]
@@ -85,6 +83,7 @@ async fn pause_for(d: std::time::Duration, stop: &CancellationToken) -> bool {
 pub(super) async fn run(id: u32, shared: Arc<Shared>, state: Arc<ClientState>, stop: CancellationToken, mut paused: watch::Receiver<bool>) {
     let mut conn: Option<Client> = None;
     let mut ctl = Controller::new();
+    let mut backoff = Backoff::new(id as u64);
     // Clients start on different images and cycle through them.
     let mut image_no = id as usize;
     while !stop.is_cancelled() && wait_unpaused(&mut paused, &stop).await {
@@ -126,6 +125,7 @@ pub(super) async fn run(id: u32, shared: Arc<Shared>, state: Arc<ClientState>, s
         let latency_us = start.elapsed().as_micros() as u64;
         match result {
             Ok(resp) if resp.status == Status::Ok => {
+                backoff.served();
                 state.last_latency_us.store(latency_us, Ordering::Relaxed);
                 state.record_label(&resp);
                 shared.stats.record(Outcome::Served {
@@ -143,10 +143,11 @@ pub(super) async fn run(id: u32, shared: Arc<Shared>, state: Arc<ClientState>, s
                 tracing::debug!(client = id, status = %resp.status, "request refused: {}", resp.message);
                 shared.stats.record(Outcome::Refused { overloaded: resp.status == Status::Overloaded });
                 state.errors.fetch_add(1, Ordering::Relaxed);
-                // A device told `overloaded` backs off before trying again, as real clients do:
-                // resending at once would turn shed requests into a storm of refusals that
-                // takes CPU from the requests being served.
-                if resp.status == Status::Overloaded && !pause_for(OVERLOAD_BACKOFF, &stop).await {
+                // A device told `overloaded` backs off before trying again, longer after each
+                // refusal in a row, as real clients do: resending at once would turn shed
+                // requests into a storm of refusals that takes CPU from the requests being
+                // served (see `backoff`).
+                if resp.status == Status::Overloaded && !pause_for(backoff.refused(), &stop).await {
                     break;
                 }
             }

@@ -5,6 +5,7 @@
 //!
 //! The fleet is driven through [`FleetControl`] (console keys, headless flags, tests alike).
 
+pub mod backoff;
 pub mod client;
 pub mod config;
 pub mod controller;

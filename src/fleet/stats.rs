@@ -37,7 +37,7 @@ impl Stats {
     pub fn counts(&self) -> Counts {
         let g = self.inner.lock();
         let t = g.window.totals();
-        Counts { sent: g.sent, answered: t.answered, errors: t.errors }
+        Counts { sent: g.sent, answered: t.answered, errors: t.errors, overloaded: t.overloaded }
     }
 
     /// Client-observed latency of `ok` responses since start.
@@ -76,18 +76,20 @@ mod tests {
     #[test]
     fn outcomes_are_counted_and_ticked() {
         let s = Stats::new();
-        for _ in 0..3 {
+        for _ in 0..4 {
             s.sent();
         }
         s.record(Outcome::Served { latency_us: 10_000, model: None, accuracy: Some(70.0), inference_us: 0, within_bound: false });
         s.record(Outcome::Refused { overloaded: false });
+        s.record(Outcome::Refused { overloaded: true });
         s.record(Outcome::Failed);
         // A request that failed before any byte was sent (e.g. connection refused).
         s.record(Outcome::Failed);
         let c = s.counts();
-        assert_eq!((c.sent, c.answered, c.errors, c.unanswered()), (3, 2, 3, 1));
+        assert_eq!((c.sent, c.answered, c.errors, c.overloaded, c.unanswered()), (4, 3, 4, 1, 1));
+        assert_eq!(c.to_string(), "4 sent, 3 answered, 4 errors (1 overloaded), 1 unanswered");
         let r = s.tick(4, vec![3, 1]);
-        assert_eq!((r.clients, r.errors, r.mean_accuracy, r.slo_attainment), (4, 3, Some(70.0), None));
+        assert_eq!((r.clients, r.errors, r.overloaded, r.mean_accuracy, r.slo_attainment), (4, 4, 1, Some(70.0), None));
         assert!((9.9..=10.1).contains(&r.p50_ms.unwrap()));
         let r2 = s.tick(4, vec![4, 0]);
         assert_eq!((r2.rps, r2.p50_ms, r2.errors), (0.0, None, 0));

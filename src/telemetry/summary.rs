@@ -67,6 +67,25 @@ pub struct Counts {
     pub answered: u64,
     /// Transport failures, timeouts and non-ok responses.
     pub errors: u64,
+    /// Of `errors`, those refused `overloaded`: the server's answer to a request that could not
+    /// make its deadline on any model (a burst past capacity), not a fault.
+    pub overloaded: u64,
+}
+
+impl std::fmt::Display for Counts {
+    /// `12 sent, 12 answered, 2 errors (1 overloaded), 0 unanswered`: the one wording of a
+    /// fleet's counts, in every command that prints them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} sent, {} answered, {} errors ({} overloaded), {} unanswered",
+            self.sent,
+            self.answered,
+            self.errors,
+            self.overloaded,
+            self.unanswered()
+        )
+    }
 }
 
 impl Counts {

@@ -156,6 +156,8 @@ impl Tally {
 pub struct WindowTotals {
     pub answered: u64,
     pub errors: u64,
+    /// Of `errors`, those refused `overloaded`.
+    pub overloaded: u64,
     /// Served requests whose model's accuracy is known.
     pub served: u64,
     pub mean_accuracy: Option<f64>,
@@ -222,6 +224,7 @@ impl Window {
         WindowTotals {
             answered: t.answered,
             errors: t.errors,
+            overloaded: t.overloaded,
             served: t.scored,
             mean_accuracy: t.mean_accuracy(),
             slo_attainment: t.slo_attainment().filter(|_| self.bounded),
