@@ -283,7 +283,8 @@ pub enum BenchCommand {
     },
     /// Memory per client and errors with many concurrent fleet clients (server in-process).
     /// Exit status 2 on a fault: a request unanswered, an error other than `overloaded`, or a
-    /// panic (a refusal `overloaded` is the policy shedding a burst, counted and shown apart).
+    /// panic (an `overloaded` refusal, the server declining for want of capacity, is counted and
+    /// shown apart).
     Fleet {
         #[arg(long, default_value_t = 1000)]
         clients: usize,

@@ -67,8 +67,9 @@ pub struct Counts {
     pub answered: u64,
     /// Transport failures, timeouts and non-ok responses.
     pub errors: u64,
-    /// Of `errors`, those refused `overloaded`: the server's answer to a request that could not
-    /// make its deadline on any model (a burst past capacity), not a fault.
+    /// Of `errors`, those refused `overloaded`: the server declining for want of capacity (the
+    /// policy shedding a request that could not make its deadline, `server.max_waiting`, the
+    /// connection cap, shutting down), not a fault.
     pub overloaded: u64,
 }
 

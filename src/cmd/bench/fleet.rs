@@ -119,9 +119,9 @@ pub async fn run(mut config: Config, clients: usize, secs: f64, warmup_s: f64, c
 
 impl FleetBench {
     /// What makes the run fail: requests never answered, errors other than `overloaded`, and
-    /// panics. An `overloaded` refusal is an answer — the `deadline` policy shedding what could
-    /// not make its deadline on any model, as bursts of synchronised clients past the cores'
-    /// capacity do — so it is reported, not counted as a fault.
+    /// panics. An `overloaded` refusal is an answer — the server declining for want of capacity,
+    /// here mostly the `deadline` policy shedding what bursts of synchronised clients bring past
+    /// the cores' capacity — so it is reported, not counted as a fault.
     pub fn faults(&self) -> u64 {
         self.unanswered + self.requests.errors.saturating_sub(self.requests.overloaded) + self.panics
     }
