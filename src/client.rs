@@ -1,6 +1,7 @@
 //! A client connection to an edgeinfer server: what `edgeinfer infer`, the tests and the
 //! built-in fleet use to talk to it, over the same protocol a device would.
 
+use std::io::IoSlice;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -25,9 +26,18 @@ pub trait Uplink: Sync {
 pub struct Direct;
 
 impl Uplink for Direct {
+    /// One vectored write for the whole frame (a loop only if the socket takes part of it): with
+    /// `TCP_NODELAY`, writing the head and the image apart sends two segments, and the server
+    /// wakes for the head alone, reads it, and waits again for the image — one more
+    /// send path, wake-up and read per request on both sides.
     async fn send(&self, socket: &mut TcpStream, parts: &[&[u8]]) -> std::io::Result<()> {
-        for p in parts {
-            socket.write_all(p).await?;
+        let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            match socket.write_vectored(rest).await? {
+                0 => return Err(std::io::ErrorKind::WriteZero.into()),
+                n => IoSlice::advance_slices(&mut rest, n),
+            }
         }
         Ok(())
     }

@@ -73,7 +73,10 @@ async fn next_frame(conn: &mut Conn, peer: SocketAddr, shared: &Shared, shutdown
     // Idle: wait for the first byte of the next frame without consuming it. Skipped when a
     // pipelined frame is already buffered.
     if conn.read_buffer().is_empty() {
-        let mut probe = [0u8; 1];
+        // The probe also reads the length prefix when it has arrived, so the read buffer can be
+        // sized to the whole frame and one read takes it. Left to the codec, the first read
+        // takes only the 8 bytes an empty buffer grows to, and the body needs a second.
+        let mut probe = [0u8; 4];
         tokio::select! {
             _ = shutdown.cancelled() => return Err(NoFrame::Shutdown),
             r = tokio::time::timeout(limits.idle_timeout, conn.get_ref().peek(&mut probe)) => match r {
@@ -82,7 +85,14 @@ async fn next_frame(conn: &mut Conn, peer: SocketAddr, shared: &Shared, shutdown
                     return Err(NoFrame::Closed);
                 }
                 Ok(Ok(0)) | Ok(Err(_)) => return Err(NoFrame::Closed),
-                Ok(Ok(_)) => {}
+                Ok(Ok(seen)) => {
+                    // The codec reserves the same once it has read the prefix; an announced
+                    // length over the limit is left to it to refuse, with nothing reserved.
+                    let body = u32::from_be_bytes(probe) as usize;
+                    if seen == probe.len() && body <= limits.max_frame_bytes {
+                        conn.read_buffer_mut().reserve(probe.len() + body);
+                    }
+                }
             },
         }
     }
