@@ -1,11 +1,10 @@
 //! A client connection to an edgeinfer server: what `edgeinfer infer`, the tests and the
 //! built-in fleet use to talk to it, over the same protocol a device would.
 
-use std::io::IoSlice;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, ToSocketAddrs};
@@ -18,28 +17,20 @@ use crate::protocol::{Request, Response};
 /// How a request's bytes reach the socket: all at once, or paced by an emulated link
 /// ([`crate::fleet::link::Link`]).
 pub trait Uplink: Sync {
-    /// Writes one whole frame, given as consecutive parts.
-    fn send(&self, socket: &mut TcpStream, parts: &[&[u8]]) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+    /// Writes one whole frame, given as its head (length prefix, header, token) and its image.
+    fn send(&self, socket: &mut TcpStream, head: &[u8], image: &[u8]) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
 }
 
 /// No emulated link: the bytes go as fast as the socket takes them.
 pub struct Direct;
 
 impl Uplink for Direct {
-    /// One vectored write for the whole frame (a loop only if the socket takes part of it): with
-    /// `TCP_NODELAY`, writing the head and the image apart sends two segments, and the server
-    /// wakes for the head alone, reads it, and waits again for the image — one more
-    /// send path, wake-up and read per request on both sides.
-    async fn send(&self, socket: &mut TcpStream, parts: &[&[u8]]) -> std::io::Result<()> {
-        let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
-        let mut rest = &mut slices[..];
-        while !rest.is_empty() {
-            match socket.write_vectored(rest).await? {
-                0 => return Err(std::io::ErrorKind::WriteZero.into()),
-                n => IoSlice::advance_slices(&mut rest, n),
-            }
-        }
-        Ok(())
+    /// One vectored write for the whole frame (tokio's `write_all_buf` over the two parts chained;
+    /// more writes only if the socket takes part of it): with `TCP_NODELAY`, writing the head and
+    /// the image apart sends two segments, and the server wakes for the head alone, reads it, and
+    /// waits again for the image — one more send path, wake-up and read per request on both sides.
+    async fn send(&self, socket: &mut TcpStream, head: &[u8], image: &[u8]) -> std::io::Result<()> {
+        socket.write_all_buf(&mut head.chain(image)).await
     }
 }
 
@@ -84,7 +75,7 @@ impl Client {
         req.encode_head(&mut head);
         // The codec's write buffer is empty (frames are only ever sent whole), so writing to the
         // socket directly keeps the byte stream framed.
-        uplink.send(self.framed.get_mut(), &[&head, &req.image]).await.context("cannot send request")?;
+        uplink.send(self.framed.get_mut(), &head, &req.image).await.context("cannot send request")?;
         let resp = self.recv().await?;
         if resp.request_id != request_id {
             bail!("response for request {} while waiting for {request_id}", resp.request_id);

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use edgeinfer::client::Client;
 use edgeinfer::config::BackendChoice;
 use edgeinfer::dispatch::policy::PolicyName;
@@ -18,6 +18,11 @@ fn request_body(id: u64, version: u8, image: &[u8]) -> Bytes {
     Request { request_id: id, client_id: 1, resolution: 64, token: String::new(), image: Bytes::copy_from_slice(image) }.encode(&mut b);
     b[0] = version;
     b.freeze()
+}
+
+/// `body` behind its 4-byte big-endian length: one frame as it goes on the wire.
+fn framed(body: &[u8]) -> Vec<u8> {
+    [&(body.len() as u32).to_be_bytes()[..], body].concat()
 }
 
 /// Reads one raw response frame, or `None` when the server closed the connection.
@@ -66,10 +71,7 @@ async fn serves_requests_and_survives_every_kind_of_bad_input() {
         (request_body(16, 1, &png), Status::Ok, ""),
     ];
     for (body, status, needle) in cases {
-        let mut frame = BytesMut::new();
-        frame.put_u32(body.len() as u32);
-        frame.put_slice(&body);
-        c.write_all(&frame).await.unwrap();
+        c.write_all(&framed(&body)).await.unwrap();
         let r = read_frame(&mut c).await.expect("answered, not closed");
         assert_eq!(r.status, status, "{needle}: {}", r.message);
         assert!(r.message.contains(needle), "{:?} should mention {needle:?}", r.message);
@@ -81,10 +83,7 @@ async fn serves_requests_and_survives_every_kind_of_bad_input() {
     // The server sizes its read buffer from the length prefix when a whole prefix has arrived.
     // A frame that arrives in pieces (the prefix itself split), and two frames in one write,
     // are read all the same.
-    let body = request_body(21, 1, &png);
-    let mut frame = BytesMut::new();
-    frame.put_u32(body.len() as u32);
-    frame.put_slice(&body);
+    let frame = framed(&request_body(21, 1, &png));
     for piece in [&frame[..1], &frame[1..3], &frame[3..9], &frame[9..]] {
         c.write_all(piece).await.unwrap();
         c.flush().await.unwrap();
@@ -92,12 +91,7 @@ async fn serves_requests_and_survives_every_kind_of_bad_input() {
     }
     let r = read_frame(&mut c).await.expect("answered, not closed");
     assert_eq!((r.status, r.request_id), (Status::Ok, 21), "{}", r.message);
-    let mut two = BytesMut::new();
-    for (id, image) in [(22, &png[..]), (23, &b"not an image"[..])] {
-        let body = request_body(id, 1, image);
-        two.put_u32(body.len() as u32);
-        two.put_slice(&body);
-    }
+    let two = [framed(&request_body(22, 1, &png)), framed(&request_body(23, 1, b"not an image"))].concat();
     c.write_all(&two).await.unwrap();
     let (a, b) = (read_frame(&mut c).await.expect("first answered"), read_frame(&mut c).await.expect("second answered"));
     assert_eq!((a.status, a.request_id, b.status, b.request_id), (Status::Ok, 22, Status::BadRequest, 23));
@@ -119,9 +113,7 @@ async fn serves_requests_and_survives_every_kind_of_bad_input() {
 
     // Peer gone mid-request: sends a full request and disconnects without reading.
     let mut gone = TcpStream::connect(addr).await.unwrap();
-    let body = request_body(99, 1, &png);
-    gone.write_u32(body.len() as u32).await.unwrap();
-    gone.write_all(&body).await.unwrap();
+    gone.write_all(&framed(&request_body(99, 1, &png))).await.unwrap();
     drop(gone);
 
     // Everyone else carries on.

@@ -79,14 +79,14 @@ impl Link {
 }
 
 impl crate::client::Uplink for Link {
-    /// Writes `parts` (one frame) at the rate the cell allows this client.
-    async fn send(&self, socket: &mut TcpStream, parts: &[&[u8]]) -> std::io::Result<()> {
+    /// Writes one frame (its head, then its image) at the rate the cell allows this client.
+    async fn send(&self, socket: &mut TcpStream, head: &[u8], image: &[u8]) -> std::io::Result<()> {
         self.transmitting.fetch_add(1, Ordering::Relaxed);
         let _slot = Sending(&self.transmitting);
         // Deadlines are absolute: a late timer wake-up is made up by the next chunks, so the mean
         // rate stays exact even with tokio's 1 ms timer resolution.
         let mut due = Instant::now();
-        for part in parts {
+        for part in [head, image] {
             for chunk in part.chunks(self.params.chunk_bytes.max(1)) {
                 socket.write_all(chunk).await?;
                 due += transmission_time(chunk.len(), share_bps(&self.params, self.transmitting()));
@@ -143,7 +143,7 @@ mod tests {
         let link = Link::new(params(None));
         let data = vec![7u8; 25_000];
         let t = Instant::now();
-        link.send(&mut s, &[&data[..5_000], &data[5_000..]]).await.unwrap();
+        link.send(&mut s, &data[..5_000], &data[5_000..]).await.unwrap();
         // 25 kB at 10 Mbit/s take 20 ms: pacing never runs ahead of the link.
         assert!(t.elapsed() >= Duration::from_millis(20), "{:?}", t.elapsed());
         assert_eq!(link.transmitting(), 0);
