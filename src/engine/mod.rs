@@ -12,6 +12,7 @@ pub(crate) mod intake;
 pub mod pinned;
 pub(crate) mod pool;
 pub mod preprocess;
+pub mod resample;
 pub mod session;
 pub mod worker;
 

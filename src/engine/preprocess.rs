@@ -24,6 +24,7 @@ use zune_core::bytestream::ZCursor;
 use zune_core::options::DecoderOptions;
 use zune_jpeg::JpegDecoder;
 
+use super::resample::{ChannelMap, Picture, Resampler};
 use crate::models::geometry::{self, ResizeMode};
 use crate::models::{ChannelOrder, InputSpec, Layout};
 
@@ -48,6 +49,9 @@ pub struct Preprocessor {
     resized: Vec<u8>,
     resizer: fir::Resizer,
     options: fir::ResizeOptions,
+    /// The one-pass resize + normalise (NCHW on AVX2 + FMA; `fused` says whether it is used).
+    resampler: Resampler,
+    fused: bool,
 }
 
 impl Default for Preprocessor {
@@ -65,7 +69,21 @@ impl Preprocessor {
             resized: Vec::new(),
             resizer: fir::Resizer::new(),
             options: fir::ResizeOptions::new().resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::Bilinear)),
+            resampler: Resampler::default(),
+            fused: Resampler::available(),
         }
+    }
+
+    /// The two-pass path (fast_image_resize, then [`normalise_into`]) even where the one-pass
+    /// [`Resampler`] could run: benchmarks and tests compare the two.
+    pub fn two_pass(mut self) -> Self {
+        self.fused = false;
+        self
+    }
+
+    /// Whether [`Preprocessor::tensor_into`] resizes and normalises NCHW tensors in one pass.
+    pub fn fused(&self) -> bool {
+        self.fused
     }
 
     /// Size of the picture last decoded.
@@ -178,6 +196,14 @@ impl Preprocessor {
     /// central crop, as `mode` says) and writes the normalised tensor into `out` (cleared first)
     /// in the model's layout.
     pub fn tensor_into(&mut self, input: &InputSpec, mode: ResizeMode, out: &mut Vec<f32>) {
+        let (w, h, side) = (self.width, self.height, input.size);
+        let unscaled = w == side && h == side && mode == ResizeMode::Stretch;
+        if self.fused && input.layout == Layout::Nchw && !unscaled {
+            let len = w as usize * h as usize * 3;
+            let crop = geometry::source_rect(w, h, side, mode);
+            self.resampler.tensor_into(Picture { pixels: &self.pixels[..len], width: w, height: h }, crop, side, channel_map(input), out);
+            return;
+        }
         let pixels = self.resized(input.size, mode);
         normalise_into(pixels, input, out);
     }
@@ -231,6 +257,30 @@ pub fn dct_scale(width: u32, height: u32, min_side: u32) -> u32 {
     [8, 4, 2].into_iter().find(|&f| min_side > 0 && short / f >= min_side).unwrap_or(1)
 }
 
+/// Source channel for each model channel.
+fn source_order(input: &InputSpec) -> [usize; 3] {
+    match input.channels {
+        ChannelOrder::Rgb => [0, 1, 2],
+        ChannelOrder::Bgr => [2, 1, 0],
+    }
+}
+
+/// For each source channel (R, G, B): the model's plane it goes to, and `v × (1/std) − mean/std`
+/// of that model channel.
+fn channel_map(input: &InputSpec) -> ChannelMap {
+    channel_map_of(input, source_order(input))
+}
+
+fn channel_map_of(input: &InputSpec, order: [usize; 3]) -> ChannelMap {
+    let mut map = ChannelMap { plane: [0; 3], scale: [0.0; 3], bias: [0.0; 3] };
+    for (model_channel, &src) in order.iter().enumerate() {
+        map.plane[src] = model_channel;
+        map.scale[src] = 1.0 / input.std[model_channel];
+        map.bias[src] = -input.mean[model_channel] / input.std[model_channel];
+    }
+    map
+}
+
 /// `(pixel − mean) / std` per channel, in the model's channel order and layout.
 ///
 /// NCHW (both ladders' layout) on a CPU with AVX2 takes [`planes_avx2`]: one pass that reads
@@ -248,11 +298,7 @@ pub fn dct_scale(width: u32, height: u32, min_side: u32) -> u32 {
 /// 38 µs at 128 × 128), with identical output. Without AVX2 the compiler does not vectorise the
 /// one-pass form, and it was slower than the table (35 against 29 µs).
 pub fn normalise_into(pixels: &[u8], input: &InputSpec, out: &mut Vec<f32>) {
-    // Source channel for each model channel.
-    let order = match input.channels {
-        ChannelOrder::Rgb => [0, 1, 2],
-        ChannelOrder::Bgr => [2, 1, 0],
-    };
+    let order = source_order(input);
     #[cfg(target_arch = "x86_64")]
     if input.layout == Layout::Nchw && std::is_x86_feature_detected!("avx2") {
         normalise_planes(pixels, input, order, out);
@@ -292,17 +338,12 @@ fn normalise_planes(pixels: &[u8], input: &InputSpec, order: [usize; 3], out: &m
     let (first, rest) = out.split_at_mut(n);
     let (second, third) = rest.split_at_mut(n);
     let mut by_model = [Some(first), Some(second), Some(third)];
-    // Indexed by source channel: the plane it goes to, and that model channel's scale and bias.
-    let mut planes: [Option<&mut [f32]>; 3] = [None, None, None];
-    let (mut scale, mut bias) = ([0.0; 3], [0.0; 3]);
-    for (model_channel, &src) in order.iter().enumerate() {
-        planes[src] = by_model[model_channel].take();
-        scale[src] = 1.0 / input.std[model_channel];
-        bias[src] = -input.mean[model_channel] / input.std[model_channel];
-    }
-    let [Some(a), Some(b), Some(c)] = planes else { unreachable!("order is a permutation of the three channels") };
+    let map = channel_map_of(input, order);
+    let [Some(a), Some(b), Some(c)] = map.plane.map(|p| by_model[p].take()) else {
+        unreachable!("order is a permutation of the three channels")
+    };
     // SAFETY: the caller checked that this CPU has AVX2.
-    unsafe { planes_avx2(&pixels[..3 * n], scale, bias, [a, b, c]) }
+    unsafe { planes_avx2(&pixels[..3 * n], map.scale, map.bias, [a, b, c]) }
 }
 
 /// Writes source channel k of every pixel to `planes[k]`, as `v × scale[k] + bias[k]`. Plain
@@ -520,6 +561,81 @@ mod tests {
             let ours: Vec<u8> = t.iter().map(|v| *v as u8).collect();
             let mad = mean_abs_diff(&ours, theirs.as_raw());
             assert!(mad < 1.5, "{side} px: mean absolute difference {mad}");
+        }
+    }
+
+    fn one_pass_runs_here() -> bool {
+        let runs = Resampler::available();
+        if !runs {
+            eprintln!("skipped: this CPU lacks AVX2 or FMA, so the one-pass path never runs");
+        }
+        runs
+    }
+
+    /// The one-pass resize + normalise against fast_image_resize + normalise, on every shape the
+    /// plans must handle: down and up, crops, sides not a multiple of 4, pictures narrower than
+    /// the filter, BGR and a real mean/std.
+    #[test]
+    fn one_pass_matches_the_two_pass_path() {
+        if !one_pass_runs_here() {
+            return;
+        }
+        let imagenet = InputSpec { mean: [123.7, 116.3, 103.5], std: [58.4, 57.1, 57.4], ..spec(Layout::Nchw, ChannelOrder::Bgr, 0) };
+        let cases = [
+            (224, 224, 128, ResizeMode::Stretch),
+            (224, 224, 96, ResizeMode::Stretch),
+            (224, 224, 192, ResizeMode::CenterCrop),
+            (300, 160, 64, ResizeMode::CenterCrop),
+            (160, 300, 130, ResizeMode::CenterCrop),
+            (50, 40, 96, ResizeMode::Stretch),
+            (224, 224, 33, ResizeMode::Stretch),
+            (97, 61, 7, ResizeMode::Stretch),
+            (1, 1, 8, ResizeMode::Stretch),
+            (2, 3, 5, ResizeMode::Stretch),
+            (3, 1, 4, ResizeMode::CenterCrop),
+        ];
+        for (w, h, side, mode) in cases {
+            let img = textured(w, h);
+            for input in [spec(Layout::Nchw, ChannelOrder::Rgb, side), InputSpec { size: side, ..imagenet.clone() }] {
+                let (mut one, mut two) = (Preprocessor::new(), Preprocessor::new().two_pass());
+                assert!(one.fused() && !two.fused());
+                one.load(&img);
+                two.load(&img);
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                one.tensor_into(&input, mode, &mut a);
+                two.tensor_into(&input, mode, &mut b);
+                assert_eq!(a.len(), 3 * side as usize * side as usize);
+                assert_eq!(a.len(), b.len());
+                // On the 0–255 scale: the two-pass path rounds to whole values twice (after each
+                // pass), so they may differ by up to one grey level, by ~0.3 on average.
+                let n = side as usize * side as usize;
+                let worst = (0..a.len()).map(|i| (a[i] - b[i]).abs() * input.std[i / n]).fold(0.0f32, f32::max);
+                let mean = mean_abs_diff_tensors(&a, &b, &input);
+                assert!(worst <= 1.01, "{w}x{h} → {side} {mode:?}: worst difference {worst}");
+                assert!(mean < 0.4, "{w}x{h} → {side} {mode:?}: mean difference {mean}");
+            }
+        }
+    }
+
+    #[test]
+    fn one_pass_keeps_a_flat_picture_flat_and_reuses_its_plans() {
+        if !one_pass_runs_here() {
+            return;
+        }
+        let img = RgbImage::from_pixel(211, 157, image::Rgb([10, 128, 250]));
+        let input = InputSpec { mean: [127.5; 3], std: [127.5; 3], ..spec(Layout::Nchw, ChannelOrder::Bgr, 100) };
+        let mut p = Preprocessor::new();
+        p.load(&img);
+        let mut t = Vec::new();
+        // Twice: the second call runs on the plan the first one made.
+        for _ in 0..2 {
+            p.tensor_into(&input, ResizeMode::CenterCrop, &mut t);
+            let n = 100 * 100;
+            // BGR: plane 0 is blue.
+            for (plane, v) in [(0, 250.0), (1, 128.0), (2, 10.0)] {
+                let want = (v - 127.5) / 127.5;
+                assert!(t[plane * n..(plane + 1) * n].iter().all(|x| (x - want).abs() < 1e-5), "plane {plane}");
+            }
         }
     }
 

@@ -2,8 +2,9 @@
 //! one run, for JPEG inputs at several resolutions.
 //!
 //! 1. **Per stage**, on one thread with no sockets: decode, resize + normalise (into the cheapest
-//!    model's input), the policy's decision, and framing (request and response, encoded and
-//!    decoded, as both ends in one process do). The `image`-crate path this replaced (full
+//!    model's input; one pass where the server fuses them, see `engine::resample`, with the
+//!    two-pass path — fast_image_resize, then normalise — timed beside it), the policy's decision,
+//!    and framing (request and response, encoded and decoded, as both ends in one process do). The `image`-crate path this replaced (full
 //!    decode, `imageops::resize` with the triangle filter, a separate normalise pass) is timed
 //!    beside it on the same pictures, and the mean absolute difference between the two resizes
 //!    is reported: what the models see differently.
@@ -53,8 +54,13 @@ fn sample_view(rungs: &[Rung], i: usize) -> View<'_> {
 #[derive(Debug, Serialize)]
 pub struct StageTimes {
     pub decode_us: f64,
+    /// Resize, and normalise too where `fused` (then `normalise_us` is 0).
     pub resize_us: f64,
     pub normalise_us: f64,
+    /// Whether the server resizes and normalises in one pass (`engine::resample`).
+    pub fused: bool,
+    /// The two-pass path (fast_image_resize, then normalise) on the same pictures, for comparison.
+    pub two_pass_resize_normalise_us: f64,
     pub decision_us: f64,
     pub framing_us: f64,
     pub total_us: f64,
@@ -95,21 +101,31 @@ fn p50(mut v: Vec<f64>) -> f64 {
 fn stages(images: &ImageSet, level: usize, spec: &ModelSpec, ladder: &[ModelSpec], iters: usize) -> (StageTimes, f64, f64) {
     let min_side = ladder.iter().map(|m| m.input.size).max().unwrap_or(0);
     let mut pre = Preprocessor::new();
-    let mut tensor = Vec::new();
+    let mut two_pass = Preprocessor::new().two_pass();
+    let fused = pre.fused() && spec.input.layout == crate::models::Layout::Nchw;
+    let (mut tensor, mut scratch) = (Vec::new(), Vec::new());
     let rungs: Vec<Rung> =
         ladder.iter().enumerate().map(|(i, m)| Rung { cost_us: 400.0 * (ladder.len() - i) as f64, accuracy: m.accuracy as f64 }).collect();
     let mut hull = Vec::new();
-    let (mut dec, mut rsz, mut nrm, mut dcs, mut frm, mut prev) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut dec, mut rsz, mut nrm, mut dcs, mut frm, mut prev, mut two) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut diff = 0.0;
     let mut buf = BytesMut::new();
+    let us = |a: Instant, b: Instant| b.duration_since(a).as_secs_f64() * 1e6;
     for i in 0..iters {
         let jpeg = images.get(i, level);
         let t0 = Instant::now();
         pre.decode(&jpeg, u64::MAX, min_side).expect("fleet images decode");
         let t1 = Instant::now();
-        let resized = pre.resized(spec.input.size, spec.resize);
-        let t1b = Instant::now();
-        preprocess::normalise_into(resized, &spec.input, &mut tensor);
+        let t1b = if fused {
+            pre.tensor_into(&spec.input, spec.resize, &mut tensor);
+            Instant::now()
+        } else {
+            let resized = pre.resized(spec.input.size, spec.resize);
+            let t1b = Instant::now();
+            preprocess::normalise_into(resized, &spec.input, &mut tensor);
+            t1b
+        };
         let t2 = Instant::now();
         deadline::hull(&rungs, &mut hull);
         let v = sample_view(&rungs, i);
@@ -135,10 +151,15 @@ fn stages(images: &ImageSet, level: usize, spec: &ModelSpec, ladder: &[ModelSpec
         let old = image::imageops::resize(&img, spec.input.size, spec.input.size, image::imageops::FilterType::Triangle);
         let old_tensor = preprocess::to_tensor_unresized(&old, &spec.input);
         let t5 = Instant::now();
+        // The two-pass path on the same picture (its decode untimed).
+        two_pass.decode(&jpeg, u64::MAX, min_side).expect("fleet images decode");
+        let t6 = Instant::now();
+        let resized = two_pass.resized(spec.input.size, spec.resize);
+        preprocess::normalise_into(resized, &spec.input, &mut scratch);
+        two.push(us(t6, Instant::now()));
         if i < 16 {
             diff += preprocess::mean_abs_diff_tensors(&tensor, &old_tensor, &spec.input);
         }
-        let us = |a: Instant, b: Instant| b.duration_since(a).as_secs_f64() * 1e6;
         dec.push(us(t0, t1));
         rsz.push(us(t1, t1b));
         nrm.push(us(t1b, t2));
@@ -148,7 +169,7 @@ fn stages(images: &ImageSet, level: usize, spec: &ModelSpec, ladder: &[ModelSpec
     }
     let (decode_us, resize_us, normalise_us, decision_us, framing_us) = (p50(dec), p50(rsz), p50(nrm), p50(dcs), p50(frm));
     let total_us = decode_us + resize_us + normalise_us + decision_us + framing_us;
-    let st = StageTimes { decode_us, resize_us, normalise_us, decision_us, framing_us, total_us };
+    let st = StageTimes { decode_us, resize_us, normalise_us, fused, two_pass_resize_normalise_us: p50(two), decision_us, framing_us, total_us };
     (st, p50(prev), diff / iters.clamp(1, 16) as f64)
 }
 
@@ -238,22 +259,23 @@ pub fn run(
 
 pub fn table(r: &OverheadReport) -> String {
     let mut s = format!(
-        "{} cores; cheapest model {} at {:.3} ms (bare p50)\n\n| input px | chroma | JPEG bytes | decode µs | resize µs | normalise µs | decision µs | framing µs | stages µs | previous decode+resize µs | resize Δ (0–255) | saturated req/s | overhead ms (k/X − c) | 1-client overhead ms |\n|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "{} cores; cheapest model {} at {:.3} ms (bare p50)\n\n| input px | chroma | JPEG bytes | decode µs | resize µs | normalise µs | decision µs | framing µs | stages µs | two-pass resize + normalise µs | previous decode+resize µs | resize Δ (0–255) | saturated req/s | overhead ms (k/X − c) | 1-client overhead ms |\n|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         r.cores, r.cheapest_model, r.cheapest_p50_ms
     );
     for x in &r.rows {
         let st = &x.stages;
         s.push_str(&format!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.1} | {:.2} | {:.0} | {:.3} | {} |\n",
+            "| {} | {} | {} | {:.1} | {:.1} | {} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {:.0} | {:.3} | {} |\n",
             x.resolution,
             x.subsampling,
             x.jpeg_bytes,
             st.decode_us,
             st.resize_us,
-            st.normalise_us,
+            if st.fused { "in resize".to_string() } else { format!("{:.1}", st.normalise_us) },
             st.decision_us,
             st.framing_us,
             st.total_us,
+            st.two_pass_resize_normalise_us,
             x.previous_decode_resize_us,
             x.resize_mean_abs_diff,
             x.saturated_rps,
