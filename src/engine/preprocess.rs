@@ -617,6 +617,35 @@ mod tests {
         }
     }
 
+    /// Random geometries (pictures 1–300 px a side, tensors 1–260, both resize modes, both
+    /// channel orders), each against the two-pass path: the plans' edge cases are where reads
+    /// could stray, and `Plan::new` asserts they do not.
+    #[test]
+    fn one_pass_matches_the_two_pass_path_on_random_geometries() {
+        if !one_pass_runs_here() {
+            return;
+        }
+        let mut rng = crate::rng::SplitMix64::new(7);
+        let mut one = Preprocessor::new();
+        let mut two = Preprocessor::new().two_pass();
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..300 {
+            let (w, h) = (1 + (rng.next_u64() % 300) as u32, 1 + (rng.next_u64() % 300) as u32);
+            let side = 1 + (rng.next_u64() % 260) as u32;
+            let mode = if rng.next_u64() & 1 == 0 { ResizeMode::Stretch } else { ResizeMode::CenterCrop };
+            let order = if rng.next_u64() & 1 == 0 { ChannelOrder::Rgb } else { ChannelOrder::Bgr };
+            let input = spec(Layout::Nchw, order, side);
+            let img = textured(w, h);
+            one.load(&img);
+            two.load(&img);
+            one.tensor_into(&input, mode, &mut a);
+            two.tensor_into(&input, mode, &mut b);
+            assert_eq!(a.len(), b.len());
+            let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            assert!(worst <= 1.01, "{w}x{h} → {side} {mode:?}: worst difference {worst}");
+        }
+    }
+
     #[test]
     fn one_pass_keeps_a_flat_picture_flat_and_reuses_its_plans() {
         if !one_pass_runs_here() {

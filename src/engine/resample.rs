@@ -128,6 +128,10 @@ impl Plan {
                 hweights[at..at + 4].fill(h.weights[o * h.taps + k]);
             }
         }
+        // The passes read only where these allow (their safety rests on it); checked once per plan.
+        assert!(first_col + cols <= width as usize && taps <= cols, "horizontal taps outside the picture");
+        assert!(hstart.iter().all(|&s| s as usize + taps <= cols), "horizontal taps outside the picture");
+        assert!(vertical.start.iter().zip(&vertical.len).all(|(&s, &l)| s + l <= height), "vertical taps outside the picture");
         Plan { key: (width, height, side, bits(crop)), vertical, first_col, cols, taps, hstart, hweights }
     }
 
