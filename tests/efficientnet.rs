@@ -149,13 +149,16 @@ fn pretrained_ladder_classifies_real_photos() {
             let shown: Vec<String> = top.iter().map(|(i, p)| format!("{i} {} {:.3}", spec.label(*i).unwrap(), p)).collect();
             eprintln!("{} (loaded in {load_ms:.0} ms) {photo}: {}", spec.name, shown.join(", "));
             let mass: f32 = want.iter().map(|&i| scores[i]).sum();
-            answers.push((spec.name.clone(), photo, top[0].0, mass, want, shown));
+            let wrong = scores.iter().enumerate().filter(|(i, _)| !want.contains(i)).map(|(_, p)| *p).fold(0.0f32, f32::max);
+            answers.push((spec.name.clone(), photo, top[0].0, mass, wrong, want, shown));
         }
     }
-    for (model, photo, top1, mass, want, shown) in answers {
+    for (model, photo, top1, mass, wrong, want, shown) in answers {
         assert!(want.contains(&top1), "{model} on {photo}: {shown:?}");
-        // Confident, not a lucky argmax over noise.
-        assert!(mass > 0.5, "{model} on {photo}: {mass} on the right class(es): {shown:?}");
+        // Confident, not a lucky argmax over noise: a large share of the mass, far ahead of the
+        // best wrong class. (Not "more than half": efficientnet_lite1_240 gives the coffee photo
+        // 0.47–0.53 on espresso, moved across 0.5 by sub-grey-level differences in resizing.)
+        assert!(mass > 0.4 && mass > 5.0 * wrong, "{model} on {photo}: {mass} on the right class(es), {wrong} on the best wrong one: {shown:?}");
     }
     let spec = &ladder.models[0];
     // The orientation is applied, and the right way round: the sideways JPEG gives the upright
