@@ -81,9 +81,12 @@ impl Preprocessor {
         self
     }
 
-    /// Whether [`Preprocessor::tensor_into`] resizes and normalises NCHW tensors in one pass.
-    pub fn fused(&self) -> bool {
-        self.fused
+    /// Whether [`Preprocessor::tensor_into`] takes the one-pass path for the picture last decoded
+    /// into `input` by `mode`: NCHW on a CPU that runs it, unless the picture is already the
+    /// input's size (then only normalising is left to do).
+    pub fn one_pass(&self, input: &InputSpec, mode: ResizeMode) -> bool {
+        let unscaled = self.width == input.size && self.height == input.size && mode == ResizeMode::Stretch;
+        self.fused && input.layout == Layout::Nchw && !unscaled
     }
 
     /// Size of the picture last decoded.
@@ -196,9 +199,8 @@ impl Preprocessor {
     /// central crop, as `mode` says) and writes the normalised tensor into `out` (cleared first)
     /// in the model's layout.
     pub fn tensor_into(&mut self, input: &InputSpec, mode: ResizeMode, out: &mut Vec<f32>) {
-        let (w, h, side) = (self.width, self.height, input.size);
-        let unscaled = w == side && h == side && mode == ResizeMode::Stretch;
-        if self.fused && input.layout == Layout::Nchw && !unscaled {
+        if self.one_pass(input, mode) {
+            let (w, h, side) = (self.width, self.height, input.size);
             let len = w as usize * h as usize * 3;
             let crop = geometry::source_rect(w, h, side, mode);
             self.resampler.tensor_into(Picture { pixels: &self.pixels[..len], width: w, height: h }, crop, side, channel_map(input), out);
@@ -598,9 +600,9 @@ mod tests {
             let img = textured(w, h);
             for input in [spec(Layout::Nchw, ChannelOrder::Rgb, side), InputSpec { size: side, ..imagenet.clone() }] {
                 let (mut one, mut two) = (Preprocessor::new(), Preprocessor::new().two_pass());
-                assert!(one.fused() && !two.fused());
                 one.load(&img);
                 two.load(&img);
+                assert!(one.one_pass(&input, mode) && !two.one_pass(&input, mode));
                 let (mut a, mut b) = (Vec::new(), Vec::new());
                 one.tensor_into(&input, mode, &mut a);
                 two.tensor_into(&input, mode, &mut b);

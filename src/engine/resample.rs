@@ -18,7 +18,7 @@
 //! `precompute_coefficients`, term for term, crop included. What differs is arithmetic: `f32`
 //! weights and sums instead of its fixed point, and no rounding to whole `u8` values between the
 //! passes and before normalising. The two agree within one grey level at every pixel and ~0.3 of
-//! one on average (`matches_the_two_pass_path` below).
+//! one on average (`one_pass_matches_the_two_pass_path` in `engine::preprocess`).
 //!
 //! The passes, for an output of side × side:
 //! 1. **Vertical** (rows first: fewer output rows than input rows, so the wider second pass runs

@@ -3,11 +3,12 @@
 //!
 //! 1. **Per stage**, on one thread with no sockets: decode, resize + normalise (into the cheapest
 //!    model's input; one pass where the server fuses them, see `engine::resample`, with the
-//!    two-pass path — fast_image_resize, then normalise — timed beside it), the policy's decision,
-//!    and framing (request and response, encoded and decoded, as both ends in one process do). The `image`-crate path this replaced (full
-//!    decode, `imageops::resize` with the triangle filter, a separate normalise pass) is timed
-//!    beside it on the same pictures, and the mean absolute difference between the two resizes
-//!    is reported: what the models see differently.
+//!    two-pass path — fast_image_resize, then normalise — timed beside it), the policy's
+//!    decision, and framing (request and response, encoded and decoded, as both ends in one
+//!    process do). The `image`-crate path this replaced (full decode, `imageops::resize` with
+//!    the triangle filter, a separate normalise pass) is timed beside it on the same pictures,
+//!    and the mean absolute difference between the two resizes is reported: what the models see
+//!    differently.
 //! 2. **From throughput**: the whole server with the in-process fleet, `static-cheapest`,
 //!    saturated (16 clients per core): `k / X − c_cheapest`, everything a request costs beside
 //!    the model — the stages above plus sockets, the kernel, the async runtime and the fleet.
@@ -102,7 +103,7 @@ fn stages(images: &ImageSet, level: usize, spec: &ModelSpec, ladder: &[ModelSpec
     let min_side = ladder.iter().map(|m| m.input.size).max().unwrap_or(0);
     let mut pre = Preprocessor::new();
     let mut two_pass = Preprocessor::new().two_pass();
-    let fused = pre.fused() && spec.input.layout == crate::models::Layout::Nchw;
+    let mut fused = false;
     let (mut tensor, mut scratch) = (Vec::new(), Vec::new());
     let rungs: Vec<Rung> =
         ladder.iter().enumerate().map(|(i, m)| Rung { cost_us: 400.0 * (ladder.len() - i) as f64, accuracy: m.accuracy as f64 }).collect();
@@ -117,6 +118,8 @@ fn stages(images: &ImageSet, level: usize, spec: &ModelSpec, ladder: &[ModelSpec
         let t0 = Instant::now();
         pre.decode(&jpeg, u64::MAX, min_side).expect("fleet images decode");
         let t1 = Instant::now();
+        // The server's own choice of path for this picture and input.
+        fused = pre.one_pass(&spec.input, spec.resize);
         let t1b = if fused {
             pre.tensor_into(&spec.input, spec.resize, &mut tensor);
             Instant::now()
